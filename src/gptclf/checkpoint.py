@@ -66,10 +66,7 @@ def save_classifier(folder: str | Path, classifier: GPTClassifier, meta: Classif
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
     try:
-        classifier.backbone.save_pretrained(staging / ADAPTER_DIR, safe_serialization=True)
-        head = {k: v.detach().float().cpu().contiguous() for k, v in classifier.head.state_dict().items()}
-        save_file(head, str(staging / HEAD_FILE), metadata={"format": "pt"})
-        (staging / META_FILE).write_text(meta.to_json() + "\n")
+        write_classifier_files(staging, classifier, meta)
         _swap_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -77,17 +74,49 @@ def save_classifier(folder: str | Path, classifier: GPTClassifier, meta: Classif
     return folder
 
 
+def write_classifier_files(folder: Path, classifier: GPTClassifier, meta: ClassifierMeta) -> None:
+    """Write adapter, head and metadata into an existing folder; non-finite weights are an error."""
+    head = {k: v.detach().float().cpu().contiguous() for k, v in classifier.head.state_dict().items()}
+    trainable = {n: p for n, p in classifier.named_parameters() if p.requires_grad}
+    bad = [n for n, p in {**trainable, **{f"head.{k}": v for k, v in head.items()}}.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save non-finite weights in {bad[:3]}; lower --lr or check the data")
+    classifier.backbone.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+    save_file(head, str(folder / HEAD_FILE), metadata={"format": "pt"})
+    (folder / META_FILE).write_text(meta.to_json() + "\n")
+
+
 def _swap_into_place(staging: Path, folder: Path) -> None:
+    """Rename ``staging`` to ``folder``, keeping what else the old folder held (training checkpoints, logs).
+
+    The other entries are hard-linked into ``staging`` first, so at every moment one complete copy
+    of them exists on disk.
+    """
     if not folder.exists():
         os.replace(staging, folder)
         return
+    _link_other_entries(folder, staging)
     # NOTE: between the two renames the folder is briefly absent; the old copy survives under
-    # the .replaced- name if the process dies there.
+    # the .replaced- name if the process dies there, and resuming looks for it.
     retired = folder.parent / f".{folder.name}.replaced-{os.getpid()}"
     shutil.rmtree(retired, ignore_errors=True)
     os.replace(folder, retired)
     os.replace(staging, folder)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+CLASSIFIER_ENTRIES = (META_FILE, HEAD_FILE, ADAPTER_DIR)
+
+
+def _link_other_entries(old: Path, staging: Path) -> None:
+    for entry in old.iterdir():
+        target = staging / entry.name
+        if entry.name in CLASSIFIER_ENTRIES or target.exists():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target, copy_function=os.link)
+        else:
+            os.link(entry, target)
 
 
 def read_meta(folder: str | Path) -> ClassifierMeta:
@@ -150,6 +179,18 @@ def _attach_adapter(folder: Path, base: torch.nn.Module, meta: ClassifierMeta) -
     _check_tensor_names(weights_path, saved, expected)
     set_peft_model_state_dict(peft_model, saved)
     return GPTClassifier(peft_model, hidden_size_of(base), len(meta.labels), meta.pooling)
+
+
+def load_trainable_weights(folder: str | Path, classifier: GPTClassifier) -> None:
+    """Copy the adapter and head tensors of a saved folder into a classifier built the same way."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    folder = Path(folder)
+    weights_path = folder / ADAPTER_DIR / "adapter_model.safetensors"
+    saved = _read_tensors(weights_path)
+    _check_tensor_names(weights_path, saved, get_peft_model_state_dict(classifier.backbone))
+    set_peft_model_state_dict(classifier.backbone, saved)
+    _load_head(folder, classifier, classifier.head.out_features)
 
 
 def _load_head(folder: Path, classifier: GPTClassifier, num_labels: int) -> None:

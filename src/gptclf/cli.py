@@ -101,8 +101,8 @@ def _convert(name: str, value: str, kind: Any) -> Any:
     return value
 
 
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Convert parsed flags into a TrainConfig, reporting every unconvertible value at once."""
+def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Convert the flags given into typed keyword options, reporting every unconvertible value at once."""
     options: dict[str, Any] = {}
     problems = []
     for _, cls in TRAIN_GROUPS:
@@ -117,8 +117,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                 problems.append(f"{flag(f.name)}: {value!r} is not a valid {_type_name(hints[f.name])}")
     if problems:
         raise ConfigError(problems)
-    config = TrainConfig.from_flat(**options)
-    return config
+    return options
 
 
 def _type_name(kind: Any) -> str:
@@ -129,8 +128,7 @@ def _type_name(kind: Any) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from .training import train
 
-    config = train_config_from_args(args)
-    result = train(config)
+    result = train(**train_options_from_args(args))
     if result.best_metrics:
         print(f"best validation accuracy {result.best_metrics['accuracy']:.4f}; classifier saved to {result.output}")
     else:

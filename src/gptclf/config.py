@@ -44,18 +44,22 @@ class ModelConfig:
     lora_alpha: float = setting(16.0, "LoRA alpha; the update is scaled by alpha / r.")
     lora_dropout: float = setting(0.05, "Dropout on the LoRA input path during training.")
     lora_targets: list[str] | None = setting(None, "Module names to adapt; detected per architecture (Q, K, V projections) when unset.")
+    lora_layers: int | None = setting(None, "Adapt only the top N decoder layers; backward then stops below them, which is faster.")
 
 
 @dataclass
 class OptimConfig:
     epochs: float = setting(1.0, "Passes over the training rows (fractions allowed); ignored when --max-steps is set.")
     max_steps: int | None = setting(None, "Stop after this many optimizer steps.")
-    batch_size: int = setting(16, "Rows per optimizer step.")
+    batch_size: int = setting(16, "Rows per micro-batch on each process; an optimizer step takes --grad-accum micro-batches.")
+    grad_accum: int = setting(1, "Micro-batches whose gradients are summed into one optimizer step.")
     lr: float = setting(1e-3, "Peak learning rate for the LoRA matrices and the head (AdamW).")
     weight_decay: float = setting(0.0, "AdamW weight decay.")
     warmup_ratio: float = setting(0.06, "Fraction of optimizer steps spent warming the learning rate up linearly from 0.")
     max_grad_norm: float = setting(1.0, "Clip the gradient norm of the trainable weights to this value.")
     eval_every: int | None = setting(None, "Also evaluate on --validation every this many optimizer steps.")
+    patience: int | None = setting(None, "Stop after this many evaluations without a better validation accuracy.")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in backward (non-reentrant) to save memory at some speed cost.")
     eval_batch_size: int = setting(64, "Rows per forward pass when evaluating.")
     seed: int = setting(0, "Seed for the head initialisation, the subset, the batch order and dropout.")
     dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 on CUDA GPUs that support it, else fp32), `fp32` or `bf16`; trainable weights stay fp32.")
@@ -68,6 +72,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     output: str | None = setting(None, "Folder to write the classifier to.")
     overwrite: bool = setting(False, "Replace an existing classifier in --output.")
+    save_every: int | None = setting(None, "Write a resumable checkpoint to OUTPUT/checkpoints every this many optimizer steps.")
+    keep_checkpoints: int = setting(2, "How many of the newest resumable checkpoints to keep.")
+    resume: str | None = setting(None, "Continue an interrupted run from OUTPUT (its newest checkpoint) or from one checkpoint folder.")
 
     @classmethod
     def from_flat(cls, **options: Any) -> "TrainConfig":
@@ -82,7 +89,7 @@ class TrainConfig:
                     values[group][key] = value
                     break
             else:
-                if key in ("output", "overwrite"):
+                if key in ("output", "overwrite", "save_every", "keep_checkpoints", "resume"):
                     top[key] = value
                 else:
                     unknown.append(key)
@@ -93,6 +100,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_flat(self) -> dict[str, Any]:
+        """Flat keyword arguments that ``from_flat`` turns back into this config."""
+        nested = self.to_dict()
+        flat = {k: v for k, v in nested.items() if k not in ("data", "model", "optim")}
+        for group in ("data", "model", "optim"):
+            flat.update(nested[group])
+        return flat
+
     def validate(self) -> None:
         """Raise one ConfigError that lists every invalid setting by its flag."""
         problems = _data_problems(self.data) + _model_problems(self.model) + _optim_problems(self.optim)
@@ -102,11 +117,15 @@ class TrainConfig:
             out = Path(self.output)
             if out.exists() and not out.is_dir():
                 problems.append(f"{flag('output')} {self.output!r} is a file; give a folder path")
-            elif out.is_dir() and any(out.iterdir()) and not self.overwrite:
+            elif out.is_dir() and any(out.iterdir()) and not (self.overwrite or self.resume):
                 problems.append(
                     f"{flag('output')} {self.output!r} is not empty; choose a new folder "
                     f"or pass {flag('overwrite')} to replace the classifier in it"
                 )
+        if self.save_every is not None and self.save_every < 1:
+            problems.append(f"{flag('save_every')} must be at least 1, got {self.save_every}")
+        if self.keep_checkpoints < 1:
+            problems.append(f"{flag('keep_checkpoints')} must be at least 1, got {self.keep_checkpoints}")
         if problems:
             raise ConfigError(problems)
 
@@ -141,6 +160,8 @@ def _model_problems(model: ModelConfig) -> list[str]:
         problems.append(f"{flag('lora_alpha')} must be positive, got {model.lora_alpha}")
     if not 0.0 <= model.lora_dropout < 1.0:
         problems.append(f"{flag('lora_dropout')} must be in [0, 1), got {model.lora_dropout}")
+    if model.lora_layers is not None and model.lora_layers < 1:
+        problems.append(f"{flag('lora_layers')} must be at least 1, got {model.lora_layers}")
     if model.lora_targets is not None and not [t for t in model.lora_targets if t.strip()]:
         problems.append(f"{flag('lora_targets')} is empty; give module names such as q_proj,k_proj,v_proj")
     return problems
@@ -154,6 +175,10 @@ def _optim_problems(optim: OptimConfig) -> list[str]:
         problems.append(f"{flag('max_steps')} must be at least 1, got {optim.max_steps}")
     if optim.batch_size < 1:
         problems.append(f"{flag('batch_size')} must be at least 1, got {optim.batch_size}")
+    if optim.grad_accum < 1:
+        problems.append(f"{flag('grad_accum')} must be at least 1, got {optim.grad_accum}")
+    if optim.patience is not None and optim.patience < 1:
+        problems.append(f"{flag('patience')} must be at least 1, got {optim.patience}")
     if optim.eval_batch_size < 1:
         problems.append(f"{flag('eval_batch_size')} must be at least 1, got {optim.eval_batch_size}")
     if optim.lr <= 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import warnings
 
 import torch
@@ -109,8 +110,13 @@ def find_lora_targets(model: nn.Module, requested: list[str] | None = None) -> l
     )
 
 
-def add_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float) -> nn.Module:
-    """Wrap ``targets`` with PEFT LoRA adapters; the update B @ A is scaled by alpha / r."""
+def add_lora(
+    model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float, top_layers: int | None = None
+) -> nn.Module:
+    """Wrap ``targets`` with PEFT LoRA adapters; the update B @ A is scaled by alpha / r.
+
+    With ``top_layers``, only the last N decoder layers get adapters, so backward stops there.
+    """
     from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
@@ -126,8 +132,31 @@ def add_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout
         target_modules=targets,
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
+        **_layer_selection(modules, targets, top_layers),
     )
     return wrap_with_lora(model, config)
+
+
+def _layer_selection(modules: dict[str, nn.Module], targets: list[str], top_layers: int | None) -> dict:
+    """PEFT arguments that restrict LoRA to the top N layers, found from the module names."""
+    if top_layers is None:
+        return {}
+    # Target names look like "layers.12.self_attn.q_proj" (Llama) or "h.3.attn.c_attn" (GPT-2):
+    # the part before the first number is the layer list, the number the layer index.
+    pattern, indices = None, set()
+    for name in modules:
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        match = re.search(r"(?:^|\.)([A-Za-z_]+)\.(\d+)\.", name)
+        if match:
+            pattern = match.group(1)
+            indices.add(int(match.group(2)))
+    if pattern is None:
+        raise ConfigError(["--lora-layers: cannot find numbered decoder layers around the LoRA targets"])
+    count = max(indices) + 1
+    if top_layers > count:
+        raise ConfigError([f"--lora-layers {top_layers} is more than the {count} layers of the base model"])
+    return {"layers_to_transform": list(range(count - top_layers, count)), "layers_pattern": pattern}
 
 
 def wrap_with_lora(model: nn.Module, config) -> nn.Module:
@@ -149,16 +178,32 @@ def build_classifier(
     lora_dropout: float,
     lora_targets: list[str] | None,
     seed: int,
+    lora_layers: int | None = None,
 ) -> GPTClassifier:
     """Add LoRA to a frozen base model and put a freshly initialised head on top."""
     base.requires_grad_(False)
     targets = find_lora_targets(base, lora_targets)
     hidden = hidden_size_of(base)
-    backbone = add_lora(base, targets, lora_r, lora_alpha, lora_dropout)
+    # The seed covers both the LoRA A initialisation and the head.
     torch.manual_seed(seed)
+    backbone = add_lora(base, targets, lora_r, lora_alpha, lora_dropout, lora_layers)
     classifier = GPTClassifier(backbone, hidden, num_labels, pooling)
     check_trainable(classifier)
     return classifier
+
+
+def enable_gradient_checkpointing(base: nn.Module) -> None:
+    """Recompute activations in backward, non-reentrant so gradients still reach the LoRA matrices.
+
+    Reentrant checkpointing drops gradients of a block whose inputs do not require grad, which
+    is every block of a frozen backbone.
+    """
+    options = {"use_reentrant": False}
+    # transformers 5 renamed the method and its argument; older releases have only the old names.
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def check_trainable(classifier: GPTClassifier) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, load_backbone, resolve_source
-from .batching import Encoded, encode, iterate_batches, length_grouped_batches
-from .checkpoint import ClassifierMeta, describe_base, save_classifier
-from .config import TrainConfig
+from .batching import Encoded, collate, encode, length_grouped_batches
+from .checkpoint import ClassifierMeta, describe_base, load_trainable_weights, read_meta, save_classifier
+from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from .distributed import Engine
 from .data import LabelSet, build_label_set, encode_labels, read_labelled
 from .errors import GptclfError
 from .inference import autocast_context, resolve_dtype, score_ids
-from .model import GPTClassifier, build_classifier, check_trainable
+from .model import GPTClassifier, build_classifier, check_trainable, enable_gradient_checkpointing
+from .training_state import LoopState, find_resume_checkpoint, load_training_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +56,13 @@ class TrainResult:
 def train(config: TrainConfig | None = None, **options) -> TrainResult:
     """Train and save a classifier; options are the CLI flags as keywords (``lora_r=8``).
 
+    With ``resume``, the settings saved in that run are the base and ``options`` override them.
+
     >>> train(train="train.tsv", validation="dev.tsv", output="runs/sst2", max_train_samples=4000)
     """
-    if config is None:
-        config = TrainConfig.from_flat(**options)
-    elif options:
-        raise TypeError("pass either a TrainConfig or keyword options, not both")
+    config = _resolve_config(config, options)
     config.validate()
+    engine = Engine(cpu=not torch.cuda.is_available())
     log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=2))
     data = load_training_data(config)
 
@@ -74,7 +77,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         lora_dropout=config.model.lora_dropout,
         lora_targets=config.model.lora_targets,
         seed=config.optim.seed,
+        lora_layers=config.model.lora_layers,
     )
+    if config.optim.gradient_checkpointing:
+        enable_gradient_checkpointing(backbone.model)
     trainable, total = check_trainable(classifier)
     log.info("parameters: %s trainable of %s total (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
@@ -90,10 +96,32 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             "alpha": config.model.lora_alpha,
             "dropout": config.model.lora_dropout,
             "targets": sorted(classifier.backbone.peft_config["default"].target_modules),
+            "layers": config.model.lora_layers,
         },
         config=config.to_dict(),
     )
-    return run_training(classifier, backbone, data, config, meta)
+    return run_training(classifier, backbone, data, config, meta, engine)
+
+
+def _resolve_config(config: TrainConfig | None, options: dict) -> TrainConfig:
+    if config is not None:
+        if options:
+            raise TypeError("pass either a TrainConfig or keyword options, not both")
+        return config
+    resume = options.get("resume")
+    if not resume:
+        return TrainConfig.from_flat(**options)
+    checkpoint = find_resume_checkpoint(resume)
+    saved = read_meta(checkpoint).config
+    flat = TrainConfig(
+        data=DataConfig(**saved["data"]), model=ModelConfig(**saved["model"]), optim=OptimConfig(**saved["optim"]),
+        **{k: v for k, v in saved.items() if k not in ("data", "model", "optim")},
+    ).to_flat()
+    changed = {k: v for k, v in options.items() if k != "resume" and flat.get(k) != v}
+    if changed:
+        log.info("resuming with changed settings: %s", changed)
+    flat.update(options)
+    return TrainConfig.from_flat(**flat)
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
@@ -131,86 +159,138 @@ def _tokenizer_settings(backbone: Backbone) -> dict:
 
 
 def run_training(
-    classifier: GPTClassifier, backbone: Backbone, data: TrainingData, config: TrainConfig, meta: ClassifierMeta
+    classifier: GPTClassifier, backbone: Backbone, data: TrainingData, config: TrainConfig, meta: ClassifierMeta, engine: Engine
 ) -> TrainResult:
-    """The training loop: length-grouped micro-batches, one optimizer step each, evaluation and saving."""
+    """The training loop.
+
+    Each optimizer step takes ``grad_accum`` global micro-batches of ``batch_size x processes``
+    length-grouped rows; each process scores its share of every micro-batch. The loss is the sum
+    over rows divided by the rows in the step, so the gradient does not depend on how the rows
+    are split across micro-batches and processes.
+    """
     optim = config.optim
-    tokenizer = backbone.tokenizer
-    pad_id = tokenizer.pad_token_id
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = engine.device
     dtype_name = resolve_dtype(optim.dtype, device)
     classifier.to(device)
+    pad_id = backbone.tokenizer.pad_token_id
 
-    train_enc = _encode_logged(tokenizer, data.train_texts, config.data.max_length, "training")
+    train_enc = _encode_logged(backbone.tokenizer, data.train_texts, config.data.max_length, "training")
     val_enc = None
     if data.validation_texts is not None:
-        val_enc = _encode_logged(tokenizer, data.validation_texts, config.data.max_length, "validation")
+        val_enc = _encode_logged(backbone.tokenizer, data.validation_texts, config.data.max_length, "validation")
 
-    batches_per_epoch = math.ceil(len(train_enc.ids) / optim.batch_size)
-    total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * batches_per_epoch))
+    global_batch = optim.batch_size * engine.world_size
+    micro_batches_per_epoch = len(_epoch_micro_batches(train_enc, global_batch, engine.world_size, optim.seed, 0))
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / optim.grad_accum)
+    total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * steps_per_epoch))
     params = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = warmup_linear_decay(optimizer, total_steps, optim.warmup_ratio)
+    model = engine.prepare(classifier)
     log.info(
-        "training: %d optimizer steps of %d rows (%.2f epochs of %d batches), dtype %s, device %s",
-        total_steps, optim.batch_size, total_steps / batches_per_epoch, batches_per_epoch, dtype_name, device,
+        "training: %d optimizer steps of %d micro-batch(es) x %d rows x %d process(es) (%.2f epochs), dtype %s, device %s",
+        total_steps, optim.grad_accum, optim.batch_size, engine.world_size, total_steps / steps_per_epoch, dtype_name, device,
     )
 
-    result = TrainResult(output=Path(config.output))
-    lengths = train_enc.lengths
-    labels = torch.as_tensor(data.train_labels)
-    step, epoch, rows_seen, smoothed_loss, eval_seconds = 0, 0, 0, None, 0.0
-    start = time.perf_counter()
-    progress = tqdm(total=total_steps, unit="step", desc="train", mininterval=1.0)
     torch.manual_seed(optim.seed)
+    state = LoopState()
+    if config.resume:
+        checkpoint = find_resume_checkpoint(config.resume)
+        load_trainable_weights(checkpoint, classifier)
+        state = load_training_state(checkpoint, optimizer, scheduler)
+        log.info("resumed from %s at optimizer step %d", checkpoint, state.optimizer_step)
+
+    labels = torch.as_tensor(data.train_labels)
+    evaluate = partial(_evaluate_and_save, classifier, val_enc, data, config, meta, engine, pad_id, dtype_name)
+    progress = tqdm(total=total_steps, initial=state.optimizer_step, unit="step", desc="train", mininterval=1.0, disable=not engine.is_main)
+    start, eval_seconds, rows_at_start = time.perf_counter(), 0.0, state.rows_seen
+    stop = False
     classifier.train()
-    while step < total_steps:
-        order = length_grouped_batches(lengths, optim.batch_size, np.random.default_rng([optim.seed, epoch]))
-        for rows, batch in iterate_batches(train_enc, order, pad_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(device, dtype_name):
-                logits = classifier(**batch)
-            loss = F.cross_entropy(logits, labels[rows].to(device))
-            if not torch.isfinite(loss):
+    while state.optimizer_step < total_steps and not stop:
+        epoch_batches = _epoch_micro_batches(train_enc, global_batch, engine.world_size, optim.seed, state.epoch)
+        while state.micro_batch_in_epoch < len(epoch_batches) and state.optimizer_step < total_steps:
+            step_batches = epoch_batches[state.micro_batch_in_epoch : state.micro_batch_in_epoch + optim.grad_accum]
+            step_rows = sum(len(rows) for rows in step_batches)
+            loss_sum = 0.0
+            for i, global_rows in enumerate(step_batches):
+                rows = global_rows[engine.rank :: engine.world_size]
+                batch = {k: v.to(device) for k, v in collate([train_enc.ids[r] for r in rows], pad_id).items()}
+                with engine.sync_gradients(model, sync=i == len(step_batches) - 1):
+                    with autocast_context(device, dtype_name):
+                        logits = model(**batch)
+                    loss = F.cross_entropy(logits, labels[rows].to(device), reduction="sum")
+                    # DDP averages gradients over processes, hence the factor world_size.
+                    (loss * engine.world_size / step_rows).backward()
+                loss_sum += loss.item()
+            if not math.isfinite(loss_sum):
                 raise TrainingError(
-                    f"loss became {loss.item()} at optimizer step {step + 1}; lower --lr or check the data. "
-                    f"Only checkpoints from before this step were written to {config.output}"
+                    f"loss became {loss_sum} at optimizer step {state.optimizer_step + 1}; lower --lr or check the data. "
+                    f"Nothing from this step was saved to {config.output}"
                 )
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            rows_seen += len(rows)
-            smoothed_loss = loss.item() if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * loss.item()
+
+            state.optimizer_step += 1
+            state.micro_batch_in_epoch += len(step_batches)
+            state.rows_seen += step_rows
+            step_loss = loss_sum * engine.world_size / step_rows  # this process's rows only, for the progress bar
+            state.smoothed_loss = step_loss if state.smoothed_loss is None else 0.95 * state.smoothed_loss + 0.05 * step_loss
+            epoch_done = state.micro_batch_in_epoch >= len(epoch_batches)
+            if epoch_done:
+                state.epoch += 1
+                state.micro_batch_in_epoch = 0
             train_seconds = time.perf_counter() - start - eval_seconds
-            progress.set_postfix(loss=f"{smoothed_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", rows_s=f"{rows_seen / train_seconds:.1f}", refresh=False)
+            progress.set_postfix(
+                loss=f"{state.smoothed_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                rows_s=f"{(state.rows_seen - rows_at_start) / max(train_seconds, 1e-9):.1f}", refresh=False,
+            )
             progress.update(1)
-            at_epoch_end = step % batches_per_epoch == 0
-            if step >= total_steps or at_epoch_end or (optim.eval_every and step % optim.eval_every == 0):
+
+            last_step = state.optimizer_step >= total_steps
+            if val_enc is not None and (last_step or epoch_done or (optim.eval_every and state.optimizer_step % optim.eval_every == 0)):
                 eval_start = time.perf_counter()
-                _evaluate_and_save(classifier, val_enc, data, config, meta, result, step, step / batches_per_epoch, pad_id, dtype_name)
+                stop = evaluate(state, state.optimizer_step / steps_per_epoch)
                 eval_seconds += time.perf_counter() - eval_start
-            if step >= total_steps:
+            if config.save_every and state.optimizer_step % config.save_every == 0 and not last_step:
+                if engine.is_main:
+                    save_training_checkpoint(Path(config.output), classifier, meta, optimizer, scheduler, state, config.keep_checkpoints)
+                engine.wait()
+            if stop or epoch_done:
                 break
-        epoch += 1
     progress.close()
-    result.optimizer_steps = step
+
+    result = TrainResult(output=Path(config.output), best_metrics=state.best_metrics, history=state.history)
+    result.optimizer_steps = state.optimizer_step
     result.model = classifier.eval()
     result.seconds = time.perf_counter() - start
+    trained_rows = state.rows_seen - rows_at_start
     log.info(
-        "trained %d optimizer steps (%d rows) in %.0f s (%.0f s of it evaluating), %.1f training rows/s",
-        step, rows_seen, result.seconds, eval_seconds, rows_seen / (result.seconds - eval_seconds),
+        "trained to optimizer step %d (%d rows this run) in %.0f s (%.0f s of it evaluating), %.1f training rows/s",
+        state.optimizer_step, trained_rows, result.seconds, eval_seconds, trained_rows / max(result.seconds - eval_seconds, 1e-9),
     )
+    if stop:
+        log.info("stopped early: no better validation accuracy in %d evaluations (--patience)", optim.patience)
     if val_enc is None:
-        meta.metrics = {"optimizer_steps": step, "train_loss_smoothed": smoothed_loss}
-        save_classifier(config.output, classifier, meta)
+        meta.metrics = {"optimizer_steps": state.optimizer_step, "train_loss_smoothed": state.smoothed_loss}
+        if engine.is_main:
+            save_classifier(config.output, classifier, meta)
         log.info("saved classifier to %s", config.output)
     else:
         log.info("best validation accuracy %.4f at optimizer step %d; classifier in %s",
-                 result.best_metrics["accuracy"], result.best_metrics["optimizer_step"], config.output)
+                 state.best_metrics["accuracy"], state.best_metrics["optimizer_step"], config.output)
+    engine.wait()
     return result
+
+
+def _epoch_micro_batches(encoded: Encoded, global_batch: int, world_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Length-grouped global micro-batches of one epoch, the same on every process."""
+    batches = length_grouped_batches(encoded.lengths, global_batch, np.random.default_rng([seed, epoch]))
+    if world_size > 1:
+        # Every process needs at least one row of each micro-batch to join the gradient all-reduce.
+        batches = [b for b in batches if len(b) >= world_size]
+    return batches
 
 
 def warmup_linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
@@ -237,24 +317,33 @@ def _encode_logged(tokenizer, texts: list[str], max_length: int, name: str) -> E
     return encoded
 
 
-def _evaluate_and_save(classifier, val_enc, data, config, meta, result, step, epoch, pad_id, dtype_name) -> None:
-    """Score the validation set and save the classifier when it is the best so far."""
-    if val_enc is None:
-        return
+def _evaluate_and_save(classifier, val_enc, data, config, meta, engine, pad_id, dtype_name, state: LoopState, epoch: float) -> bool:
+    """Score the validation set, save the classifier when it is the best so far; return whether to stop.
+
+    NOTE: every process scores the whole validation set, so the decision to stop is the same on
+    all of them without communication; only the main process writes.
+    """
     classifier.eval()
     logits = score_ids(classifier, val_enc.ids, pad_id, config.optim.eval_batch_size, dtype_name)
     classifier.train()
     targets = data.validation_labels
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)))
     accuracy = float((logits.argmax(axis=-1) == targets).mean())
-    metrics = {"optimizer_step": step, "epoch": epoch, "accuracy": accuracy, "loss": loss}
-    result.history.append(metrics)
-    improved = not result.best_metrics or accuracy > result.best_metrics["accuracy"]
+    metrics = {"optimizer_step": state.optimizer_step, "epoch": round(epoch, 4), "accuracy": accuracy, "loss": loss}
+    state.history.append(metrics)
+    improved = not state.best_metrics or accuracy > state.best_metrics["accuracy"]
     log.info(
         "optimizer step %d (epoch %.2f): validation accuracy %.4f, loss %.4f%s",
-        step, epoch, accuracy, loss, " (best so far, saved)" if improved else "",
+        state.optimizer_step, epoch, accuracy, loss, " (best so far, saved)" if improved else "",
     )
     if improved:
-        result.best_metrics = metrics
+        state.best_metrics = metrics
+        state.evaluations_without_improvement = 0
         meta.metrics = {"validation": metrics}
-        save_classifier(config.output, classifier, meta)
+        if engine.is_main:
+            save_classifier(config.output, classifier, meta)
+        engine.wait()
+    else:
+        state.evaluations_without_improvement += 1
+    patience = config.optim.patience
+    return bool(patience and state.evaluations_without_improvement >= patience)
