@@ -9,8 +9,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# Extra options for the training benchmark, for example BENCH_TRAIN_ARGS="--steps 5 --repeats 1".
+BENCH_TRAIN_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench bench-train clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +35,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+bench: bench-train
+
+# gptclf against the Hugging Face Trainer recipes on SST-2; about 10 minutes on 2 CPU cores.
+bench-train: venv
+	$(BIN)/python benchmarks/train_throughput.py --json-out runs/bench/train_throughput.json $(BENCH_TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
