@@ -9,8 +9,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# Classifier scored by bench-predict; the README's SST-2 training command writes runs/sst2.
+BENCH_CLASSIFIER ?= runs/sst2
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench-predict clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +35,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Prediction and serving throughput on the SST-2 validation texts; skipped with a message when
+# ../shared/data/sst2 or the classifier is missing. Takes several minutes on 2 CPU cores.
+bench-predict: venv
+	$(BIN)/python benchmarks/predict_throughput.py --classifier $(BENCH_CLASSIFIER)
+	$(BIN)/python benchmarks/serve_latency.py --classifier $(BENCH_CLASSIFIER)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

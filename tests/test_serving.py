@@ -21,12 +21,17 @@ LIMITS = dict(max_texts=8, max_text_chars=200, max_batch_size=16, batch_window_m
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, base_models):
+def classifier_dir(tmp_path_factory, base_models):
     root = tmp_path_factory.mktemp("serving")
     data = write_tsv(root / "train.tsv", sentiment_rows(32, seed=3))
     folder = root / "clf"
     train(train=str(data), output=str(folder), model=str(base_models["gpt2"]), max_steps=2, batch_size=8, lora_r=4)
-    return Classifier.load(folder, dtype="fp32")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_dir):
+    return Classifier.load(classifier_dir, dtype="fp32")
 
 
 class RunningServer:
@@ -151,3 +156,36 @@ def test_invalid_serve_settings_rejected(classifier):
         create_app(classifier, ServeConfig(max_batch_size=0, batch_window_ms=-1, max_texts=10, max_pending_texts=5))
     for expected in ("--max-batch-size", "--batch-window-ms", "--max-pending-texts"):
         assert expected in str(err.value)
+
+
+@pytest.mark.slow
+def test_serve_command_starts_and_stops(classifier_dir):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptclf", "serve", str(classifier_dir), "--port", "0", "--host", "127.0.0.1"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            assert line, "the server exited before it started:\n" + "".join(lines)
+            lines.append(line)
+            found = re.search(r"running on (http://127\.0\.0\.1:\d+)", line, re.IGNORECASE)
+            url = found.group(1) if found else None
+        assert url, "no start-up line within 120 s:\n" + "".join(lines)
+        response = httpx.post(url + "/predict", json={"texts": TEXTS}, timeout=30)
+        assert response.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[1]
+    log = "".join(lines) + rest
+    assert "serving" in log
+    assert "server stopped after" in log
+    assert "1 requests (0 errors" in log

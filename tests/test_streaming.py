@@ -96,7 +96,8 @@ def test_output_extension_checked(classifier, tmp_path):
 PEAK_RSS_SCRIPT = """
 import json, resource, sys
 import torch
-# One thread: the model is tiny, and on a busy shared machine two threads mostly wait on each other.
+# One thread, because the model is too small to gain from more and extra threads slow down
+# sharply when other processes compete for the CPUs.
 torch.set_num_threads(1)
 from gptclf import Classifier
 from gptclf.streaming import predict_file

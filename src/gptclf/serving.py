@@ -4,10 +4,14 @@ Requests that arrive within ``batch_window_ms`` of each other are scored in one 
 up to ``max_batch_size`` texts, so throughput grows with the number of concurrent clients. One
 worker thread runs the model, so the event loop keeps accepting requests while a batch runs.
 
-Status codes of ``POST /predict``: 200 scored; 400 malformed JSON; 413 too many texts, a text
-over the character limit or a body too large; 422 wrong types, an empty list or a blank text;
-503 too many texts already waiting; 500 an internal error, which is logged and never stops the
-server.
+Status codes of ``POST /predict``:
+
+- 200: scored;
+- 400: malformed JSON;
+- 413: too many texts, a text over the character limit, or a body too large;
+- 422: wrong types, an empty list or a blank text;
+- 503: too many texts already waiting to be scored;
+- 500: an internal error, which is logged and does not stop the server.
 """
 
 from __future__ import annotations
@@ -283,13 +287,17 @@ def _max_body_bytes(config: ServeConfig) -> int:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
+        request.state.error = err.message
         return JSONResponse({"error": err.message}, status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         errors = jsonable_encoder(err.errors(), exclude={"input", "ctx", "url"})
         if any(e.get("type") == "json_invalid" for e in errors):
+            request.state.error = "malformed JSON"
             return JSONResponse({"error": "malformed JSON in the request body", "detail": errors}, status_code=400)
+        # The log gets the error types and places only, because the inputs may contain request text.
+        request.state.error = "invalid request: " + ", ".join(f"{e.get('type')} at {e.get('loc')}" for e in errors[:3])
         message = 'invalid request: the body must be a JSON object {"texts": [...]} with a list of strings'
         return JSONResponse({"error": message, "detail": errors}, status_code=422)
 
@@ -307,14 +315,18 @@ def _add_request_logging(app: FastAPI, config: ServeConfig, stats: ServerStats) 
         start = time.perf_counter()
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body:
-            response = JSONResponse({"error": f"request body of {length} bytes exceeds the limit of {max_body} bytes"}, status_code=413)
+            request.state.error = f"request body of {length} bytes exceeds the limit of {max_body} bytes"
+            response = JSONResponse({"error": request.state.error}, status_code=413)
         else:
             response = await call_next(request)
         latency_ms = (time.perf_counter() - start) * 1000.0
         texts = getattr(request.state, "texts", 0) if response.status_code == 200 else 0
         stats.record(response.status_code, latency_ms, texts)
-        level = logging.INFO if response.status_code < 400 else logging.WARNING
-        log.log(level, "%s %s %d texts=%d latency_ms=%.1f", request.method, request.url.path, response.status_code, texts, latency_ms)
+        if response.status_code < 400:
+            log.info("%s %s %d texts=%d latency_ms=%.1f", request.method, request.url.path, response.status_code, texts, latency_ms)
+        else:
+            error = getattr(request.state, "error", "")
+            log.warning("%s %s %d latency_ms=%.1f error: %s", request.method, request.url.path, response.status_code, latency_ms, error)
         return response
 
 
