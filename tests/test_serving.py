@@ -121,6 +121,34 @@ def test_bad_request_gets_status(client, body, status, message):
     assert client.get("/health").status_code == 200
 
 
+def test_scoring_failure_returns_500_and_recovers(server, client, monkeypatch, caplog):
+    def fail(batch):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(server.app.state.batcher, "_score_batch", fail)
+    with caplog.at_level("INFO", logger="gptclf.serving"):
+        response = client.post("/predict", json={"texts": TEXTS})
+    assert response.status_code == 500
+    assert "scoring failed (RuntimeError)" in response.json()["error"]
+    assert "simulated failure" in caplog.text
+    monkeypatch.undo()
+    assert client.post("/predict", json={"texts": TEXTS}).status_code == 200
+
+
+def test_handler_failure_returns_500(client, monkeypatch):
+    import gptclf.serving
+
+    def fail(texts, config):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(gptclf.serving, "_check_limits", fail)
+    response = client.post("/predict", json={"texts": TEXTS})
+    assert response.status_code == 500
+    assert "internal error (RuntimeError)" in response.json()["error"]
+    monkeypatch.undo()
+    assert client.post("/predict", json={"texts": TEXTS}).status_code == 200
+
+
 def test_request_text_not_logged_unless_asked(client, caplog):
     with caplog.at_level("INFO", logger="gptclf.serving"):
         assert client.post("/predict", json={"texts": ["a secret review that was good"]}).status_code == 200

@@ -126,7 +126,7 @@ class MicroBatcher:
                 results = await loop.run_in_executor(self._executor, self._score_batch, batch)
             except Exception as err:  # the server must outlive any failure of one batch
                 log.exception("scoring a batch of %d requests failed", len(batch))
-                results = [err] * len(batch)
+                results = [RequestError(500, f"scoring failed ({type(err).__name__}); see the server log")] * len(batch)
             self.batches += 1
             for item, result in zip(batch, results):
                 if item.future.done():
@@ -301,11 +301,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = 'invalid request: the body must be a JSON object {"texts": [...]} with a list of strings'
         return JSONResponse({"error": message, "detail": errors}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception) -> JSONResponse:
-        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err, exc_info=err)
-        return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server log"}, status_code=500)
-
 
 def _add_request_logging(app: FastAPI, config: ServeConfig, stats: ServerStats) -> None:
     max_body = _max_body_bytes(config)
@@ -318,7 +313,12 @@ def _add_request_logging(app: FastAPI, config: ServeConfig, stats: ServerStats) 
             request.state.error = f"request body of {length} bytes exceeds the limit of {max_body} bytes"
             response = JSONResponse({"error": request.state.error}, status_code=413)
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as err:  # an unexpected failure returns 500 and the server keeps running
+                log.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err, exc_info=err)
+                request.state.error = f"internal error ({type(err).__name__})"
+                response = JSONResponse({"error": f"{request.state.error}; see the server log"}, status_code=500)
         latency_ms = (time.perf_counter() - start) * 1000.0
         texts = getattr(request.state, "texts", 0) if response.status_code == 200 else 0
         stats.record(response.status_code, latency_ms, texts)
