@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="Score only the first N texts (default: all).")
     parser.add_argument("--single-limit", type=int, default=100, help="Texts scored one at a time (default 100).")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {','.join(METHODS)}.")
+    parser.add_argument("--threads", type=int, help="torch threads per method (default: torch's default, one per core).")
     parser.add_argument("--json-out", help="Also write the results as JSON here.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--texts-file", help=argparse.SUPPRESS)
@@ -83,6 +84,8 @@ def main() -> int:
 def run_in_subprocess(method: str, classifier: Path, texts_file: Path, args) -> dict:
     command = [sys.executable, __file__, "--worker", method, "--classifier", str(classifier), "--texts-file", str(texts_file),
                "--batch-size", str(args.batch_size), "--single-limit", str(args.single_limit)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"benchmark worker {method!r} failed:\n{done.stderr[-3000:]}")
@@ -91,6 +94,10 @@ def run_in_subprocess(method: str, classifier: Path, texts_file: Path, args) -> 
 
 def run_worker(args) -> int:
     texts = json.loads(Path(args.texts_file).read_text())
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.worker == "one-at-a-time":
         texts = texts[: args.single_limit]
     score = load_method(args.worker, args.classifier, args.batch_size)
@@ -183,6 +190,7 @@ def summarise(results: dict, args, n_texts: int) -> dict:
         "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
         "texts": n_texts,
         "batch_size": args.batch_size,
+        "torch_threads": args.threads or "default",
         "methods": {m: {k: v for k, v in r.items() if k != "probabilities"} for m, r in results.items()},
     }
     probs = {m: np.array(r["probabilities"]) for m, r in results.items()}
@@ -204,7 +212,7 @@ def _cpu_count() -> int:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['texts']} texts, batch size {report['batch_size']}, {report['machine']}", "",
+    lines = [f"{report['texts']} texts, batch size {report['batch_size']}, torch threads {report['torch_threads']}, {report['machine']}", "",
              "| method | texts | samples/s | samples per CPU-second | peak RSS (MiB) |", "|---|---:|---:|---:|---:|"]
     for method, r in report["methods"].items():
         lines.append(f"| {method} | {r['rows']} | {r['samples_per_s']:.1f} | {r['samples_per_cpu_s']:.1f} | {r['peak_rss_mib']:.0f} |")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -34,7 +35,9 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,32", help="Comma-separated client counts (default 1,8,32).")
     parser.add_argument("--requests", type=int, default=96, help="Requests per client count (default 96).")
     parser.add_argument("--max-batch-size", type=int, default=32, help="Server --max-batch-size (default 32).")
+    parser.add_argument("--forward-batch-size", type=int, default=16, help="Server --forward-batch-size (default 16).")
     parser.add_argument("--batch-window-ms", type=float, default=5.0, help="Server --batch-window-ms (default 5).")
+    parser.add_argument("--threads", type=int, help="torch threads of the server, through OMP_NUM_THREADS (default: torch's default).")
     parser.add_argument("--json-out", help="Also write the results as JSON here.")
     args = parser.parse_args()
 
@@ -47,25 +50,31 @@ def main() -> int:
     from gptclf.data import read_texts
 
     texts = read_texts(args.data)[1]
-    server, url = start_server(args)
+    server, url, server_log = start_server(args)
     try:
         levels = [asyncio.run(run_level(url, texts, int(c), args.requests)) for c in args.clients.split(",")]
     finally:
         server.send_signal(signal.SIGINT)
-        server.communicate(timeout=60)
+        server.wait(timeout=60)
+    time.sleep(0.5)  # let the drain thread read the last lines
+    print("".join(line for line in server_log if "server stopped" in line) or f"(no shutdown line among {len(server_log)} server log lines)")
     print("| clients | requests | errors | requests/s | p50 latency (ms) | p99 latency (ms) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for level in levels:
         print(f"| {level['clients']} | {level['requests']} | {level['errors']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.0f} | {level['p99_ms']:.0f} |")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"command": " ".join(sys.argv), "levels": levels}, indent=2) + "\n")
+        report = {"command": " ".join(sys.argv), "torch_threads": args.threads or "default", "levels": levels}
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
+def start_server(args) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start `gptclf serve` on a free port; return the process, its URL and its growing log."""
     command = [sys.executable, "-m", "gptclf", "serve", args.classifier, "--host", "127.0.0.1", "--port", "0",
-               "--max-batch-size", str(args.max_batch_size), "--batch-window-ms", str(args.batch_window_ms)]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+               "--max-batch-size", str(args.max_batch_size), "--forward-batch-size", str(args.forward_batch_size),
+               "--batch-window-ms", str(args.batch_window_ms)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         line = server.stderr.readline()
@@ -74,8 +83,9 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
         found = re.search(r"running on (http://127\.0\.0\.1:\d+)", line, re.IGNORECASE)
         if found:
             # Keep draining the server's log, or a full pipe would block it.
-            threading.Thread(target=server.stderr.read, daemon=True).start()
-            return server, found.group(1)
+            server_log: list[str] = []
+            threading.Thread(target=lambda: server_log.extend(server.stderr), daemon=True).start()
+            return server, found.group(1), server_log
     server.kill()
     raise SystemExit("the server did not start within 300 s")
 

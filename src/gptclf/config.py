@@ -177,7 +177,10 @@ class ServeConfig:
 
     host: str = setting("127.0.0.1", "Address to listen on; 0.0.0.0 exposes the server to the network.")
     port: int = setting(8000, "TCP port to listen on; 0 picks a free one.")
-    max_batch_size: int = setting(64, "Maximum texts scored in one forward pass; concurrent requests are batched up to this.")
+    max_batch_size: int = setting(64, "Maximum texts collected from concurrent requests into one batch.")
+    forward_batch_size: int = setting(
+        16, "Texts per forward pass within a batch; texts are sorted by length first, so smaller passes pad less."
+    )
     batch_window_ms: float = setting(5.0, "Milliseconds to wait for more requests before scoring a batch.")
     max_texts: int = setting(128, "Maximum texts per request; larger requests get 413.")
     max_text_chars: int = setting(10000, "Maximum characters per text; longer texts get 413.")
@@ -189,7 +192,7 @@ class ServeConfig:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"{flag('port')} must be in 0..65535, got {self.port}")
-        for name in ("max_batch_size", "max_texts", "max_text_chars", "max_pending_texts"):
+        for name in ("max_batch_size", "forward_batch_size", "max_texts", "max_text_chars", "max_pending_texts"):
             if getattr(self, name) < 1:
                 problems.append(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0:

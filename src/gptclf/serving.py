@@ -1,7 +1,9 @@
 """HTTP API for a trained classifier: FastAPI routes, request limits and micro-batching.
 
-Requests that arrive within ``batch_window_ms`` of each other are scored in one forward pass of
-up to ``max_batch_size`` texts, so throughput grows with the number of concurrent clients. One
+Requests that arrive within ``batch_window_ms`` of each other are collected into one batch of up
+to ``max_batch_size`` texts. The batch is sorted by length and scored in forward passes of
+``forward_batch_size`` texts, so throughput grows with the number of concurrent clients while
+short texts are not padded to the longest one. One
 worker thread runs the model, so the event loop keeps accepting requests while a batch runs.
 
 Status codes of ``POST /predict``:
@@ -83,6 +85,7 @@ class MicroBatcher:
     def __init__(self, classifier: Classifier, config: ServeConfig):
         self.classifier = classifier
         self.max_batch_size = config.max_batch_size
+        self.forward_batch_size = config.forward_batch_size
         self.window_s = config.batch_window_ms / 1000.0
         self.max_pending = config.max_pending_texts
         self.pending_texts = 0
@@ -162,7 +165,7 @@ class MicroBatcher:
             except (TypeError, ValueError) as err:
                 encoded.append(RequestError(422, str(err)))
         ids = [row for item_ids in encoded if not isinstance(item_ids, Exception) for row in item_ids]
-        probs = softmax(self.classifier.logits_from_ids(ids, batch_size=self.max_batch_size))  # (n, C)
+        probs = softmax(self.classifier.logits_from_ids(ids, batch_size=self.forward_batch_size))  # (n, C)
         results: list[np.ndarray | Exception] = []
         start = 0
         for item_ids in encoded:
