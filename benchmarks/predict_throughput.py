@@ -34,7 +34,7 @@ import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2" / "validation.tsv"
 DEFAULT_CLASSIFIER = "runs/sst2"  # the output of the SST-2 training command in the README
-# gptclf and the pipeline run back to back, so the pair compared most closely sees similar load.
+# gptclf and the pipeline run back to back, so the two methods compared most closely run under similar load.
 METHODS = ("gptclf", "pipeline", "gptclf-bf16", "one-at-a-time")
 
 

@@ -96,7 +96,7 @@ class Classifier:
         device: str | None = None,
         dtype: str = "auto",
     ) -> "Classifier":
-        """Load a classifier folder written by ``gptclf train``.
+        """Load a classifier folder written by ``gptclf train`` or ``gptclf export``.
 
         ``base_model`` overrides the recorded base-model location (its fingerprint must still
         match). ``merge`` folds the LoRA update into the projection weights for faster scoring.
