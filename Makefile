@@ -11,8 +11,10 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 # Extra options for the training benchmark, for example BENCH_TRAIN_ARGS="--steps 5 --repeats 1".
 BENCH_TRAIN_ARGS ?=
+# Classifier scored by bench-predict; the README's SST-2 training command writes runs/sst2.
+BENCH_CLASSIFIER ?= runs/sst2
 
-.PHONY: venv demo test bench bench-train clean
+.PHONY: venv demo test bench bench-train bench-predict clean
 
 venv: $(VENV)/.installed
 
@@ -36,11 +38,17 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-bench: bench-train
+bench: bench-train bench-predict
 
 # gptclf against the Hugging Face Trainer recipes on SST-2; about 10 minutes on 2 CPU cores.
 bench-train: venv
 	$(BIN)/python benchmarks/train_throughput.py --json-out runs/bench/train_throughput.json $(BENCH_TRAIN_ARGS)
+
+# Prediction and serving throughput on the SST-2 validation texts; skipped with a message when
+# ../shared/data/sst2 or the classifier is missing. Takes several minutes on 2 CPU cores.
+bench-predict: venv
+	$(BIN)/python benchmarks/predict_throughput.py --classifier $(BENCH_CLASSIFIER)
+	$(BIN)/python benchmarks/serve_latency.py --classifier $(BENCH_CLASSIFIER)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

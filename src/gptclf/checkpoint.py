@@ -9,6 +9,11 @@ Layout of a classifier folder::
         adapter_config.json
         adapter_model.safetensors
 
+An exported classifier (``gptclf export``) has ``backbone/`` in place of ``adapter/``: the base
+model with the LoRA update merged into its weights, in Hugging Face's folder format, plus the
+tokenizer. Its ``gptclf.json`` records ``base_model.kind = "merged"`` and the original base
+model under ``base_model.merged_from``, so it loads without the base model.
+
 Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves a
 half-written classifier behind.
 """
@@ -35,6 +40,8 @@ from .model import GPTClassifier, hidden_size_of, wrap_with_lora
 META_FILE = "gptclf.json"
 HEAD_FILE = "head.safetensors"
 ADAPTER_DIR = "adapter"
+BACKBONE_DIR = "backbone"
+MERGED_KIND = "merged"
 FORMAT_VERSION = 1
 
 
@@ -44,8 +51,8 @@ class ClassifierMeta:
 
     labels: list[str]
     label_values: list[str]
-    base_model: dict[str, str]
-    """`kind`, `reference`, `fingerprint` and `architecture` of the base model."""
+    base_model: dict[str, Any]
+    """`kind`, `reference`, `fingerprint` and `architecture` of the base model, plus `merged_from` when exported."""
     pooling: str
     max_length: int
     tokenizer: dict[str, Any]
@@ -62,11 +69,49 @@ class ClassifierMeta:
 
 def save_classifier(folder: str | Path, classifier: GPTClassifier, meta: ClassifierMeta) -> Path:
     """Write the classifier folder atomically, replacing any earlier version of it."""
-    folder = Path(folder)
+
+    return _write_atomically(Path(folder), lambda staging: write_classifier_files(staging, classifier, meta))
+
+
+def export_classifier(source: str | Path, output: str | Path, base_model: str | None = None) -> Path:
+    """Write a standalone copy of a classifier: backbone with LoRA merged, tokenizer, head and metadata.
+
+    The copy loads without the base model. Its logits equal the source's up to float rounding,
+    because merging replaces W x + (alpha / r) B A x with (W + (alpha / r) B A) x.
+    """
+    classifier, backbone, meta = load_classifier(source, base_model=base_model)
+    if not hasattr(classifier.backbone, "merge_and_unload"):
+        raise CheckpointError(f"{source}: this classifier is already exported (merged); copy the folder instead")
+    classifier.backbone = classifier.backbone.merge_and_unload()
+    exported = ClassifierMeta(**{**meta.__dict__, "package_version": __version__})
+    exported.base_model = {
+        "kind": MERGED_KIND,
+        "reference": BACKBONE_DIR,
+        "fingerprint": fingerprint(classifier.backbone),
+        "architecture": meta.base_model.get("architecture", type(classifier.backbone).__name__),
+        "merged_from": dict(meta.base_model),
+    }
+
+    def write(staging: Path) -> None:
+        classifier.backbone.save_pretrained(staging / BACKBONE_DIR, safe_serialization=True)
+        backbone.tokenizer.save_pretrained(staging / BACKBONE_DIR)
+        _write_head_and_meta(staging, classifier, exported)
+
+    return _write_atomically(Path(output), write)
+
+
+def _write_head_and_meta(staging: Path, classifier: GPTClassifier, meta: ClassifierMeta) -> None:
+    head = {k: v.detach().float().cpu().contiguous() for k, v in classifier.head.state_dict().items()}
+    save_file(head, str(staging / HEAD_FILE), metadata={"format": "pt"})
+    (staging / META_FILE).write_text(meta.to_json() + "\n")
+
+
+def _write_atomically(folder: Path, write) -> Path:
+    """Run ``write`` on a temporary sibling folder, then rename it to ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
     try:
-        write_classifier_files(staging, classifier, meta)
+        write(staging)
         _swap_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -82,8 +127,7 @@ def write_classifier_files(folder: Path, classifier: GPTClassifier, meta: Classi
     if bad:
         raise CheckpointError(f"refusing to save non-finite weights in {bad[:3]}; lower --lr or check the data")
     classifier.backbone.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
-    save_file(head, str(folder / HEAD_FILE), metadata={"format": "pt"})
-    (folder / META_FILE).write_text(meta.to_json() + "\n")
+    _write_head_and_meta(folder, classifier, meta)
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
@@ -139,6 +183,8 @@ def load_classifier(folder: str | Path, base_model: str | None = None) -> tuple[
     """Rebuild a saved classifier on its base model, checking the fingerprint and every tensor name."""
     folder = Path(folder)
     meta = read_meta(folder)
+    if meta.base_model.get("kind") == MERGED_KIND:
+        return _load_merged(folder, meta, base_model)
     if base_model is not None:
         source = resolve_source(base_model)
     else:
@@ -153,6 +199,27 @@ def load_classifier(folder: str | Path, base_model: str | None = None) -> tuple[
         )
     _restore_tokenizer(backbone.tokenizer, meta)
     classifier = _attach_adapter(folder, backbone.model, meta)
+    _load_head(folder, classifier, len(meta.labels))
+    classifier.eval()
+    return classifier, backbone, meta
+
+
+def _load_merged(folder: Path, meta: ClassifierMeta, base_model: str | None) -> tuple[GPTClassifier, Backbone, ClassifierMeta]:
+    """Load an exported classifier from its own merged backbone folder."""
+    if base_model is not None:
+        raise CheckpointError(f"{folder}: an exported classifier carries its own merged backbone; drop --base-model")
+    backbone_dir = folder / meta.base_model.get("reference", BACKBONE_DIR)
+    if not (backbone_dir / "config.json").is_file():
+        raise CheckpointError(f"{backbone_dir}: config.json is missing; the exported classifier is incomplete, export it again")
+    backbone = load_backbone(ModelSource("folder", str(backbone_dir.resolve())))
+    found = fingerprint(backbone.model)
+    if found != meta.base_model["fingerprint"]:
+        raise CheckpointError(
+            f"{backbone_dir}: the merged backbone has fingerprint {found[:16]}…, but {META_FILE} records "
+            f"{meta.base_model['fingerprint'][:16]}…; the folder was changed after export, export it again"
+        )
+    _restore_tokenizer(backbone.tokenizer, meta)
+    classifier = GPTClassifier(backbone.model, hidden_size_of(backbone.model), len(meta.labels), meta.pooling)
     _load_head(folder, classifier, len(meta.labels))
     classifier.eval()
     return classifier, backbone, meta

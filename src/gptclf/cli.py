@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Sequence
 
 from . import __version__
-from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig, flag
+from .config import DataConfig, ModelConfig, OptimConfig, ServeConfig, TrainConfig, flag
 from .errors import ConfigError, GptclfError
 
 log = logging.getLogger("gptclf")
@@ -60,9 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="Texts to classify.")
     predict.add_argument("--input", help="File of texts (CSV, TSV, JSONL or Parquet).")
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); needs --input.")
+    predict.add_argument(
+        "--chunk-size", type=int, default=8192, help="Rows read, scored and written at a time with --input (default 8192)."
+    )
     _add_scoring_options(predict)
     predict.set_defaults(run=run_predict)
+
+    export = commands.add_parser(
+        "export", help="Write a standalone classifier folder with the LoRA weights merged into the base model."
+    )
+    export.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    export.add_argument("--output", required=True, help="Folder to write the standalone classifier to.")
+    export.add_argument("--base-model", help="Load the base model from here instead of the recorded location.")
+    export.add_argument("--overwrite", action="store_true", help="Replace an existing folder at --output.")
+    export.set_defaults(run=run_export)
+
+    serve = commands.add_parser("serve", help="Serve a classifier over HTTP (needs the `serve` extra: FastAPI and uvicorn).")
+    serve.add_argument("classifier", help="Classifier folder written by `gptclf train` or `gptclf export`.")
+    for f in dataclasses.fields(ServeConfig):
+        _add_typed_setting(serve, f)
+    serve.add_argument("--base-model", help="Load the base model from here instead of the recorded location.")
+    serve.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="Autocast dtype for scoring (default auto).")
+    serve.set_defaults(run=run_serve)
     return parser
+
+
+def _add_typed_setting(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    """Add a flag for a settings field whose values argparse converts itself."""
+    if f.type in (bool, "bool"):
+        parser.add_argument(flag(f.name), dest=f.name, action="store_true", help=f.metadata["help"])
+        return
+    convert = {"int": int, "float": float}.get(str(f.type), str)
+    parser.add_argument(flag(f.name), dest=f.name, type=convert, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
 
 
 def _settings(cls) -> list[dataclasses.Field]:
@@ -150,7 +179,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .inference import Classifier, predict_file
+    from .inference import Classifier
+    from .streaming import predict_file
 
     problems = []
     if args.texts and args.input:
@@ -161,11 +191,13 @@ def run_predict(args: argparse.Namespace) -> int:
         problems.append("--output needs --input; texts given on the command line are printed")
     if args.input and not args.output:
         problems.append("--input needs --output FILE (.csv or .jsonl)")
+    if args.chunk_size < 1:
+        problems.append(f"--chunk-size must be at least 1, got {args.chunk_size}")
     if problems:
         raise ConfigError(problems)
     classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
     if args.input:
-        count = predict_file(classifier, args.input, args.output, args.text_column, args.batch_size)
+        count = predict_file(classifier, args.input, args.output, args.text_column, args.batch_size, chunk_rows=args.chunk_size)
         print(f"wrote {count} predictions to {args.output}")
         return 0
     probs = classifier.predict_proba(args.texts, batch_size=args.batch_size)
@@ -173,6 +205,32 @@ def run_predict(args: argparse.Namespace) -> int:
         best = int(row.argmax())
         record = {"text": text, "label": classifier.labels[best], "probabilities": {n: round(float(p), 4) for n, p in zip(classifier.labels, row)}}
         print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import export_classifier
+
+    output = Path(args.output)
+    if output.resolve() == Path(args.classifier).resolve():
+        raise ConfigError([f"--output {args.output!r} is the classifier folder itself; choose a new folder"])
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ConfigError([f"--output {args.output!r} already exists; choose a new folder or pass --overwrite to replace it"])
+    export_classifier(args.classifier, output, base_model=args.base_model)
+    print(f"standalone classifier written to {output}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    config.validate()
+    try:
+        from .serving import serve
+    except ImportError as err:
+        raise ConfigError([f"`gptclf serve` needs FastAPI and uvicorn ({err}); install them with `pip install 'gptclf[serve]'`"]) from None
+    serve(args.classifier, config, base_model=args.base_model, dtype=args.dtype)
     return 0
 
 

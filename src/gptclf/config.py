@@ -194,3 +194,38 @@ def _optim_problems(optim: OptimConfig) -> list[str]:
     if optim.dtype not in ("auto", "fp32", "bf16"):
         problems.append(f"{flag('dtype')} must be auto, fp32 or bf16, got {optim.dtype!r}")
     return problems
+
+
+@dataclass
+class ServeConfig:
+    """Settings of the HTTP server (`gptclf serve`)."""
+
+    host: str = setting("127.0.0.1", "Address to listen on; 0.0.0.0 exposes the server to the network.")
+    port: int = setting(8000, "TCP port to listen on; 0 picks a free one.")
+    max_batch_size: int = setting(64, "Maximum texts collected from concurrent requests into one batch.")
+    forward_batch_size: int = setting(
+        16, "Texts per forward pass within a batch; texts are sorted by length first, so smaller passes pad less."
+    )
+    batch_window_ms: float = setting(5.0, "Milliseconds to wait for more requests before scoring a batch.")
+    max_texts: int = setting(128, "Maximum texts per request; larger requests get 413.")
+    max_text_chars: int = setting(10000, "Maximum characters per text; longer texts get 413.")
+    max_pending_texts: int = setting(4096, "Maximum texts waiting to be scored; beyond it requests get 503.")
+    log_texts: bool = setting(False, "Log the text of each request (off by default, because texts may be private).")
+
+    def validate(self) -> None:
+        """Raise one ConfigError that lists every invalid setting by its flag."""
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"{flag('port')} must be in 0..65535, got {self.port}")
+        for name in ("max_batch_size", "forward_batch_size", "max_texts", "max_text_chars", "max_pending_texts"):
+            if getattr(self, name) < 1:
+                problems.append(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.batch_window_ms < 0:
+            problems.append(f"{flag('batch_window_ms')} must be non-negative, got {self.batch_window_ms}")
+        if self.max_pending_texts < self.max_texts:
+            problems.append(
+                f"{flag('max_pending_texts')} ({self.max_pending_texts}) must be at least {flag('max_texts')} "
+                f"({self.max_texts}), or a full request could never be queued"
+            )
+        if problems:
+            raise ConfigError(problems)

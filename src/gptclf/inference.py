@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .batching import encode, sorted_batches, collate
+from .errors import ConfigError
 from .model import GPTClassifier
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,12 @@ def autocast_context(device: torch.device, dtype_name: str):
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
-    """Turn `auto` into `bf16` on CUDA GPUs that support it, else `fp32`."""
+    """Turn `auto` into `bf16` on CUDA GPUs that support it, else `fp32`; reject unsupported bf16."""
+    if name not in ("auto", *DTYPES):
+        raise ConfigError([f"--dtype must be auto, fp32 or bf16, got {name!r}"])
+    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if name == "bf16" and not bf16_ok:
+        raise ConfigError([f"--dtype bf16 is not supported on {device}; use --dtype fp32"])
     if name != "auto":
         return name
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -90,7 +96,7 @@ class Classifier:
         device: str | None = None,
         dtype: str = "auto",
     ) -> "Classifier":
-        """Load a classifier folder written by ``gptclf train``.
+        """Load a classifier folder written by ``gptclf train`` or ``gptclf export``.
 
         ``base_model`` overrides the recorded base-model location (its fingerprint must still
         match). ``merge`` folds the LoRA update into the projection weights for faster scoring.
@@ -98,7 +104,8 @@ class Classifier:
         from .checkpoint import load_classifier
 
         model, backbone, meta = load_classifier(path, base_model=base_model)
-        if merge:
+        # An exported classifier's backbone is already merged and has no adapter to fold in.
+        if merge and hasattr(model.backbone, "merge_and_unload"):
             model.backbone = model.backbone.merge_and_unload()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(target)
@@ -109,17 +116,26 @@ class Classifier:
     def labels(self) -> list[str]:
         return list(self.meta.labels)
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Raw logits, (n, C) fp32, in input order."""
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, cut to the classifier's ``max_length``; rejects non-strings and blank texts."""
         texts = _check_texts(texts)
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = encode(self.tokenizer, texts, self.meta.max_length)
-        return score_ids(self.model, encoded.ids, self.tokenizer.pad_token_id, batch_size, self.dtype)
+            return []
+        return encode(self.tokenizer, texts, self.meta.max_length).ids
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 64, progress=None) -> np.ndarray:
+        """Raw logits, (n, C) fp32, for token ids from :meth:`encode`, in input order."""
+        if not ids:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return score_ids(self.model, ids, self.tokenizer.pad_token_id, batch_size, self.dtype, progress)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
+        """Raw logits, (n, C) fp32, in input order; ``progress`` is a tqdm bar advanced per batch."""
+        return self.logits_from_ids(self.encode(texts), batch_size, progress)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
         """Class probabilities, (n, C), columns in the order of ``labels``."""
-        return softmax(self.logits(texts, batch_size))
+        return softmax(self.logits(texts, batch_size, progress))
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
         """Most probable label name for each text."""
@@ -139,34 +155,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-OUTPUT_FORMATS = (".csv", ".jsonl")
+def predict_file(classifier: Classifier, input_path: str | Path, output_path: str | Path, **options) -> int:
+    """Score a data file in chunks; see :func:`gptclf.streaming.predict_file`."""
+    from .streaming import predict_file as stream_predictions
 
-
-def predict_file(
-    classifier: Classifier, input_path: str | Path, output_path: str | Path, text_column: str | None = None, batch_size: int = 64
-) -> int:
-    """Score every row of a file and write its columns plus `prediction` and `prob_<label>`, in input order.
-
-    The output is written to a temporary file and renamed, so an existing file is never left half-written.
-    """
-    from .data import read_texts
-
-    output_path = Path(output_path)
-    if output_path.suffix.lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"--output {output_path}: unsupported extension; use .csv or .jsonl")
-    if output_path.resolve() == Path(input_path).resolve():
-        raise ValueError(f"--output {output_path} is the input file; choose another path so the input is kept")
-    table, texts = read_texts(input_path, text_column)
-    probs = classifier.predict_proba(texts, batch_size=batch_size)
-    frame = table.frame.copy()
-    frame["prediction"] = [classifier.labels[i] for i in probs.argmax(axis=-1)]
-    for j, name in enumerate(classifier.labels):
-        frame[f"prob_{name}"] = probs[:, j]
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(f".{output_path.name}.tmp")
-    if output_path.suffix.lower() == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    tmp.replace(output_path)
-    return len(texts)
+    return stream_predictions(classifier, input_path, output_path, **options)
