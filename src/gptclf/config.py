@@ -53,7 +53,7 @@ class OptimConfig:
     max_steps: int | None = setting(None, "Stop after this many optimizer steps.")
     batch_size: int = setting(16, "Rows per micro-batch on each process; an optimizer step takes --grad-accum micro-batches.")
     grad_accum: int = setting(1, "Micro-batches whose gradients are summed into one optimizer step.")
-    lr: float = setting(1e-3, "Peak learning rate for the LoRA matrices and the head (AdamW).")
+    lr: float = setting(2e-3, "Peak learning rate for the LoRA matrices and the head (AdamW).")
     weight_decay: float = setting(0.0, "AdamW weight decay.")
     warmup_ratio: float = setting(0.06, "Fraction of optimizer steps spent warming the learning rate up linearly from 0.")
     max_grad_norm: float = setting(1.0, "Clip the gradient norm of the trainable weights to this value.")
