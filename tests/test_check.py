@@ -234,7 +234,8 @@ def test_extra_label_fails_prediction_columns(train_once):
     folder, _ = train_once("llama")
     classifier = Classifier.load(folder)
     classifier.meta.labels = [*classifier.meta.labels, "neutral"]
-    row = check_prediction_columns(classifier, ["the film was good"], batch_size=8)
+    texts = ["the film was good"]
+    row = check_prediction_columns(classifier, texts, classifier.predict_proba(texts), batch_size=8)
     assert row.status == FAIL
     assert "2 columns but there are 3 labels" in row.message
 
