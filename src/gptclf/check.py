@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backbone import fingerprint
 from .batching import collate, encode
 from .checkpoint import ADAPTER_DIR, MERGED_KIND, ClassifierMeta, attach_saved_parts, load_base_model, read_meta
-from .backbone import fingerprint
 from .data import LABEL_COLUMN_CANDIDATES, LabelSet, encode_labels, read_labelled, read_texts
 from .errors import GptclfError
 from .inference import Classifier, autocast_context, resolve_dtype, score_ids
@@ -363,7 +363,7 @@ def check_pad_token_value(
         worst = max(worst, _worst_row(with_other, with_pad, _layout(side, EXTRA_PADDING)))
     difference, row, layout = worst
     measured = f"max |Δp| {difference:.1e}, pad id {pad_id} → {other_id}"
-    limit = f"≤ {PADDING_TOLERANCE[classifier.dtype]:.0e} ({classifier.dtype})"
+    limit = f"≤ {tolerance:.0e} ({classifier.dtype})"
     if difference <= tolerance:
         return CheckResult(PAD_VALUE, PASS, measured, limit)
     message = (
@@ -413,8 +413,12 @@ def _add_padding(batch: dict[str, torch.Tensor], side: str, extra: int, pad_id: 
     pads = torch.full((rows, extra), pad_id, dtype=torch.long)
     masked = torch.zeros((rows, extra), dtype=torch.long)
     if side == "right":
-        return {"input_ids": torch.cat([batch["input_ids"], pads], dim=1), "attention_mask": torch.cat([batch["attention_mask"], masked], dim=1)}
-    return {"input_ids": torch.cat([pads, batch["input_ids"]], dim=1), "attention_mask": torch.cat([masked, batch["attention_mask"]], dim=1)}
+        input_ids = torch.cat([batch["input_ids"], pads], dim=1)  # (B, T + extra)
+        attention_mask = torch.cat([batch["attention_mask"], masked], dim=1)
+    else:
+        input_ids = torch.cat([pads, batch["input_ids"]], dim=1)
+        attention_mask = torch.cat([masked, batch["attention_mask"]], dim=1)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def _worst_row(probs: np.ndarray, reference: np.ndarray, layout: str) -> tuple[float, int, str]:
