@@ -13,8 +13,9 @@ from gptclf.check import (
     ACCURACY, COLUMNS, DETERMINISM, DISTRIBUTION, FAIL, FINITE, HEAD, IDENTITY, LABEL_MAP, LORA_B, PAD_TOKEN,
     PAD_VALUE, PADDING, PASS, RELOAD, ROW_ORDER, SKIP, TARGETS, TRUNCATION, WARN,
     CheckFailedError, check_accuracy, check_after_training, check_class_distribution, check_determinism,
-    check_pad_token, check_prediction_columns, check_reload_equality, check_truncation, initial_head, run_checks,
+    check_pad_token, check_prediction_columns, check_reload_equality, check_truncation, rebuild_initial_head, run_checks,
 )
+from gptclf.checkpoint import read_meta
 from gptclf.cli import main
 from gptclf.model import build_classifier
 from gptclf.pooling import POOLERS
@@ -111,10 +112,10 @@ def test_last_position_pooling_fails_padding(copy_of, arch, monkeypatch):
     assert rows[HEAD].status == PASS
 
 
-def test_reinitialised_head_fails_head_row(copy_of):
+def test_reinitialised_head_fails_head_row(copy_of, base_models):
     folder, _ = copy_of("llama")
-    tensors = load_file(str(folder / "head.safetensors"))
-    fresh = initial_head(tensors["weight"].shape[1], tensors["weight"].shape[0], seed=0)
+    backbone = load_backbone(resolve_source(str(base_models["llama"])))
+    fresh = rebuild_initial_head(backbone.model, read_meta(folder))
     save_file({"weight": fresh.weight.detach().contiguous(), "bias": fresh.bias.detach().contiguous()}, str(folder / "head.safetensors"))
     rows = _rows(run_checks(folder, quick=True))
     assert rows[HEAD].status == FAIL
@@ -273,12 +274,21 @@ def test_accuracy_at_majority_rate_warns():
     assert check_accuracy(targets, None, labels).status == SKIP
 
 
-def test_initial_head_matches_build_classifier(base_models):
-    backbone = load_backbone(resolve_source(str(base_models["llama"])))
-    model = build_classifier(backbone.model, 3, "last", 4, 8, 0.0, None, seed=5)
-    fresh = initial_head(model.head.in_features, 3, seed=5)
-    assert torch.equal(model.head.weight, fresh.weight)
-    assert torch.equal(model.head.bias, fresh.bias)
+def test_rebuilt_head_matches_build_classifier(base_models, train_once):
+    folder, _ = train_once("llama")
+    meta = read_meta(folder)
+    settings = meta.config["model"]
+    expected = build_classifier(
+        load_backbone(resolve_source(str(base_models["llama"]))).model, 2, "last", settings["lora_r"],
+        settings["lora_alpha"], settings["lora_dropout"], None, seed=meta.config["optim"]["seed"],
+    ).head
+    base = load_backbone(resolve_source(str(base_models["llama"]))).model
+    rng_before = torch.get_rng_state()
+    fresh = rebuild_initial_head(base, meta)
+    assert torch.equal(fresh.weight, expected.weight)
+    assert torch.equal(fresh.bias, expected.bias)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert not [name for name, _ in base.named_modules() if "lora" in name]
 
 
 def test_quick_check_logs_summary(train_once, caplog):

@@ -31,7 +31,7 @@ from .checkpoint import ADAPTER_DIR, MERGED_KIND, ClassifierMeta, attach_saved_p
 from .data import LABEL_COLUMN_CANDIDATES, LabelSet, encode_labels, read_labelled, read_texts
 from .errors import GptclfError
 from .inference import Classifier, autocast_context, resolve_dtype, score_ids
-from .model import GPTClassifier
+from .model import GPTClassifier, build_classifier
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,9 @@ def run_checks(
         report = CheckReport(str(folder), resolve_dtype(dtype, target), str(target), results + [_skipped(name, reason) for name in skipped])
         return _ordered(report)
 
+    fresh_head = rebuild_initial_head(backbone.model, meta)
     model = attach_saved_parts(folder, backbone, meta)
-    results.append(check_head_trained(model, meta))
+    results.append(check_head_trained(model, fresh_head, meta.config.get("optim", {}).get("seed")))
     if exported:
         results.append(_skipped(LORA_B, "exported classifier: the LoRA update is merged into backbone/"))
     else:
@@ -441,24 +442,36 @@ def _shorten(text: str, width: int = 48) -> str:
 # Trained parts
 
 
-def initial_head(hidden_size: int, num_labels: int, seed: int) -> nn.Linear:
-    """Rebuild the head as ``build_classifier`` initialises it from ``seed``, leaving the global RNG state alone."""
+def rebuild_initial_head(base: nn.Module, meta: ClassifierMeta) -> nn.Linear | None:
+    """Rebuild the head that training started from by repeating ``build_classifier`` with the recorded settings.
+
+    The seed covers the LoRA A initialisation before the head, so only the same call reproduces it.
+    The LoRA layers are unloaded again, leaving ``base`` as it was, and global RNG state is kept.
+    Returns None when ``gptclf.json`` records no training settings.
+    """
+    settings = meta.config.get("model")
+    seed = meta.config.get("optim", {}).get("seed")
+    if not settings or seed is None:
+        return None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Linear(hidden_size, num_labels)
+        fresh = build_classifier(
+            base, num_labels=len(meta.labels), pooling=meta.pooling, lora_r=settings["lora_r"],
+            lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+            lora_targets=settings.get("lora_targets"), seed=int(seed), lora_layers=settings.get("lora_layers"),
+        )
+    fresh.backbone.unload()
+    return fresh.head
 
 
-def check_head_trained(model: GPTClassifier, meta: ClassifierMeta) -> CheckResult:
-    """Check that the head moved away from its recorded-seed initialisation and separates every class."""
+def check_head_trained(model: GPTClassifier, fresh: nn.Linear | None, seed: int | None) -> CheckResult:
+    """Check that the head moved away from its initialisation ``fresh`` and separates every class."""
     weight = model.head.weight.detach().float().cpu()  # (C, H)
     bias = model.head.bias.detach().float().cpu()  # (C,)
     gap = _smallest_class_gap(weight)
     limit = f"change > {MIN_HEAD_CHANGE:.0e}, class-row gap > {MIN_CLASS_ROW_GAP:.0e}"
-    seed = meta.config.get("optim", {}).get("seed")
-    if seed is None:
+    if fresh is None:
         measured = f"class-row gap {gap:.3g}"
-        return CheckResult(HEAD, WARN, measured, limit, "no training seed is recorded in gptclf.json, so the fresh head cannot be rebuilt to compare")
-    fresh = initial_head(weight.shape[1], weight.shape[0], int(seed))
+        return CheckResult(HEAD, WARN, measured, limit, "gptclf.json records no training settings, so the fresh head cannot be rebuilt to compare")
     trained = torch.cat([weight.flatten(), bias])
     initial = torch.cat([fresh.weight.detach().flatten(), fresh.bias.detach()])
     change = float((trained - initial).norm() / initial.norm())
