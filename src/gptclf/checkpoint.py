@@ -185,43 +185,62 @@ def load_classifier(folder: str | Path, base_model: str | None = None) -> tuple[
     meta = read_meta(folder)
     if meta.base_model.get("kind") == MERGED_KIND:
         return _load_merged(folder, meta, base_model)
+    backbone = load_base_model(folder, meta, base_model)
+    found = fingerprint(backbone.model)
+    if found != meta.base_model["fingerprint"]:
+        raise CheckpointError(
+            f"{folder}: the base model {backbone.source.describe()} has fingerprint {found[:16]}…, but the classifier "
+            f"was trained on one with fingerprint {meta.base_model['fingerprint'][:16]}…; pass the original "
+            "base model with --base-model (Python: base_model=...)"
+        )
+    classifier = attach_saved_parts(folder, backbone, meta)
+    return classifier, backbone, meta
+
+
+def load_base_model(folder: str | Path, meta: ClassifierMeta, base_model: str | None = None) -> Backbone:
+    """Load the recorded base model, or ``base_model`` when given, without checking its fingerprint.
+
+    An exported classifier's base model is its own merged ``backbone/`` folder.
+    """
+    folder = Path(folder)
+    if meta.base_model.get("kind") == MERGED_KIND:
+        if base_model is not None:
+            raise CheckpointError(f"{folder}: an exported classifier carries its own merged backbone; drop --base-model")
+        backbone_dir = folder / meta.base_model.get("reference", BACKBONE_DIR)
+        if not (backbone_dir / "config.json").is_file():
+            raise CheckpointError(f"{backbone_dir}: config.json is missing; the exported classifier is incomplete, export it again")
+        return load_backbone(ModelSource("folder", str(backbone_dir.resolve())))
     if base_model is not None:
         source = resolve_source(base_model)
     else:
         source = ModelSource(meta.base_model["kind"], meta.base_model["reference"])
-    backbone = load_backbone(source)
-    found = fingerprint(backbone.model)
-    if found != meta.base_model["fingerprint"]:
-        raise CheckpointError(
-            f"{folder}: the base model {source.describe()} has fingerprint {found[:16]}…, but the classifier "
-            f"was trained on one with fingerprint {meta.base_model['fingerprint'][:16]}…; pass the original "
-            "base model with --base-model (Python: base_model=...)"
-        )
+    return load_backbone(source)
+
+
+def attach_saved_parts(folder: str | Path, backbone: Backbone, meta: ClassifierMeta) -> GPTClassifier:
+    """Restore the pad token, wrap the base model with the saved adapter (unless exported) and load the head."""
+    folder = Path(folder)
     _restore_tokenizer(backbone.tokenizer, meta)
-    classifier = _attach_adapter(folder, backbone.model, meta)
+    if meta.base_model.get("kind") == MERGED_KIND:
+        classifier = GPTClassifier(backbone.model, hidden_size_of(backbone.model), len(meta.labels), meta.pooling)
+    else:
+        classifier = _attach_adapter(folder, backbone.model, meta)
     _load_head(folder, classifier, len(meta.labels))
     classifier.eval()
-    return classifier, backbone, meta
+    return classifier
 
 
 def _load_merged(folder: Path, meta: ClassifierMeta, base_model: str | None) -> tuple[GPTClassifier, Backbone, ClassifierMeta]:
     """Load an exported classifier from its own merged backbone folder."""
-    if base_model is not None:
-        raise CheckpointError(f"{folder}: an exported classifier carries its own merged backbone; drop --base-model")
-    backbone_dir = folder / meta.base_model.get("reference", BACKBONE_DIR)
-    if not (backbone_dir / "config.json").is_file():
-        raise CheckpointError(f"{backbone_dir}: config.json is missing; the exported classifier is incomplete, export it again")
-    backbone = load_backbone(ModelSource("folder", str(backbone_dir.resolve())))
+    backbone = load_base_model(folder, meta, base_model)
     found = fingerprint(backbone.model)
     if found != meta.base_model["fingerprint"]:
+        backbone_dir = folder / meta.base_model.get("reference", BACKBONE_DIR)
         raise CheckpointError(
             f"{backbone_dir}: the merged backbone has fingerprint {found[:16]}…, but {META_FILE} records "
             f"{meta.base_model['fingerprint'][:16]}…; the folder was changed after export, export it again"
         )
-    _restore_tokenizer(backbone.tokenizer, meta)
-    classifier = GPTClassifier(backbone.model, hidden_size_of(backbone.model), len(meta.labels), meta.pooling)
-    _load_head(folder, classifier, len(meta.labels))
-    classifier.eval()
+    classifier = attach_saved_parts(folder, backbone, meta)
     return classifier, backbone, meta
 
 

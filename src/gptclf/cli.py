@@ -82,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--base-model", help="Load the base model from here instead of the recorded location.")
     serve.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="Autocast dtype for scoring (default auto).")
     serve.set_defaults(run=run_serve)
+
+    check = commands.add_parser(
+        "check",
+        help="Audit a saved classifier for silent failures; exits 1 on any FAIL.",
+        description="Audit a saved classifier: padding invariance, reload equality, trained parts, base model "
+        "identity, tokenizer and labels, determinism and, with --data, truncation, class distribution and accuracy. "
+        "Prints one row per check and exits 1 when any check fails.",
+    )
+    check.add_argument("classifier", help="Classifier folder written by `gptclf train` or `gptclf export`.")
+    check.add_argument("--data", help="CSV, TSV, JSONL or Parquet file; adds the data rows, and labels (when present) add accuracy.")
+    check.add_argument("--json-out", help="Also write the report as JSON to this file.")
+    check.add_argument("--probe-rows", type=int, default=32, help="Texts from --data added to the padding probes (default 32).")
+    _add_scoring_options(check)
+    check.add_argument("--label-column", help="Column with the label; `label` when present and this is unset.")
+    check.set_defaults(run=run_check)
     return parser
 
 
@@ -232,6 +247,27 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError([f"`gptclf serve` needs FastAPI and uvicorn ({err}); install them with `pip install 'gptclf[serve]'`"]) from None
     serve(args.classifier, config, base_model=args.base_model, dtype=args.dtype)
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from .check import format_report, run_checks, write_report_json
+
+    problems = []
+    if args.probe_rows < 0:
+        problems.append(f"--probe-rows must be 0 or more, got {args.probe_rows}")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be at least 1, got {args.batch_size}")
+    if problems:
+        raise ConfigError(problems)
+    report = run_checks(
+        args.classifier, args.data, base_model=args.base_model, dtype=args.dtype, probe_rows=args.probe_rows,
+        text_column=args.text_column, label_column=args.label_column, batch_size=args.batch_size,
+    )
+    print(format_report(report))
+    if args.json_out:
+        write_report_json(report, args.json_out)
+        log.info("check report written to %s", args.json_out)
+    return 1 if report.failed else 0
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -104,13 +104,20 @@ class Classifier:
         from .checkpoint import load_classifier
 
         model, backbone, meta = load_classifier(path, base_model=base_model)
+        return cls.from_model(model, backbone.tokenizer, meta, merge=merge, device=device, dtype=dtype)
+
+    @classmethod
+    def from_model(
+        cls, model: GPTClassifier, tokenizer, meta, *, merge: bool = True, device: str | None = None, dtype: str = "auto"
+    ) -> "Classifier":
+        """Make a loaded model ready to score: merge LoRA, move it to the device and resolve the dtype."""
         # An exported classifier's backbone is already merged and has no adapter to fold in.
         if merge and hasattr(model.backbone, "merge_and_unload"):
             model.backbone = model.backbone.merge_and_unload()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(target)
         model.eval()
-        return cls(model, backbone.tokenizer, meta, resolve_dtype(dtype, target))
+        return cls(model, tokenizer, meta, resolve_dtype(dtype, target))
 
     @property
     def labels(self) -> list[str]:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone, load_backbone, resolve_source
 from .batching import Encoded, collate, encode, length_grouped_batches
+from .check import check_after_training
 from .checkpoint import ClassifierMeta, describe_base, load_trainable_weights, read_meta, save_classifier
 from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from .distributed import Engine
@@ -100,7 +101,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         },
         config=config.to_dict(),
     )
-    return run_training(classifier, backbone, data, config, meta, engine)
+    result = run_training(classifier, backbone, data, config, meta, engine)
+    if engine.is_main:
+        check_after_training(result.output)  # raises CheckFailedError, after saving, on any FAIL
+    return result
 
 
 def _resolve_config(config: TrainConfig | None, options: dict) -> TrainConfig:
