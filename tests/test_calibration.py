@@ -31,7 +31,8 @@ def _overconfident_logits(n: int = 2000, scale: float = 6.0, seed: int = 0) -> t
     """Logits of a noisy linear model multiplied by `scale`, so probabilities are too extreme."""
     rng = np.random.default_rng(seed)
     true_logits = rng.normal(0.0, 1.5, size=(n, 3))
-    targets = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    cumulative = softmax(true_logits).cumsum(axis=-1)  # (n, 3)
+    targets = (rng.random((n, 1)) > cumulative).sum(axis=-1).clip(max=2)
     return scale * true_logits, targets
 
 

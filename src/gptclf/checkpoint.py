@@ -14,6 +14,9 @@ model with the LoRA update merged into its weights, in Hugging Face's folder for
 tokenizer. Its ``gptclf.json`` records ``base_model.kind = "merged"`` and the original base
 model under ``base_model.merged_from``, so it loads without the base model.
 
+Training also writes ``train_log.jsonl`` (and ``tensorboard/`` when asked) into the folder.
+Re-saving keeps them, like every other entry that is not part of the classifier.
+
 Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves a
 half-written classifier behind.
 """
