@@ -29,7 +29,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path) -> Path:
-    """Counts on the left; on the right each row divided by its total, so the diagonal is recall."""
+    """Draw the counts, and beside them each row divided by its total, so the diagonal is recall."""
     matrix = np.asarray(matrix)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
@@ -50,14 +50,14 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str |
 
 
 def _one_vs_rest(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, is-this-class, score) per curve: the positive class alone for binary tasks."""
+    """Return (name, is-this-class, score) per curve, with the positive class alone for binary tasks."""
     if len(labels) == 2:
         return [(labels[1], targets == 1, probs[:, 1])]
     return [(name, targets == k, probs[:, k]) for k, name in enumerate(labels)]
 
 
 def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: str | Path) -> Path:
-    """ROC curve of the positive class (binary) or of each class against the rest."""
+    """Draw the ROC curve of the positive class (binary) or of each class against the rest."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, positive, score in _one_vs_rest(targets, probs, labels):
         if positive.all() or not positive.any():
@@ -72,7 +72,7 @@ def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str
 
 
 def plot_pr_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: str | Path) -> Path:
-    """Precision-recall curve of the positive class (binary) or of each class against the rest."""
+    """Draw the precision-recall curve of the positive class (binary) or of each class against the rest."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, positive, score in _one_vs_rest(targets, probs, labels):
         if not positive.any():
@@ -105,7 +105,7 @@ def _draw_reliability(ax, table: ReliabilityBins, ece: float, title: str) -> Non
 def plot_reliability(
     targets: np.ndarray, uncalibrated: np.ndarray, calibrated: np.ndarray, temperature: float, path: str | Path
 ) -> Path:
-    """Reliability diagrams before (T = 1) and after temperature scaling, side by side."""
+    """Draw reliability diagrams before (T = 1) and after temperature scaling, side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     panels = ((axes[0], uncalibrated, "before calibration (T = 1)"), (axes[1], calibrated, f"after calibration (T = {temperature:.3f})"))
     for ax, probs, title in panels:
@@ -113,22 +113,30 @@ def plot_reliability(
     return _save(fig, path)
 
 
-def plot_confidence_histogram(targets: np.ndarray, probs: np.ndarray, path: str | Path) -> Path:
-    """Histogram of top-label confidence, split into correct and wrong predictions."""
-    confidence = probs.max(axis=-1)
-    correct = probs.argmax(axis=-1) == targets
-    lowest = 1.0 / probs.shape[-1]  # the top-label probability is never below 1 / C
+def plot_confidence_histogram(
+    targets: np.ndarray, probs: np.ndarray, path: str | Path, predictions: np.ndarray | None = None
+) -> Path:
+    """Draw a histogram of the predicted label's probability, split into correct and wrong predictions.
+
+    ``predictions`` defaults to the argmax; pass thresholded ones so the split matches the metrics.
+    """
+    if predictions is None:
+        predictions = probs.argmax(axis=-1)
+    confidence = probs[np.arange(len(probs)), predictions]
+    correct = predictions == targets
+    # The argmax probability is never below 1 / C, but a thresholded prediction's can be.
+    lowest = min(1.0 / probs.shape[-1], float(confidence.min(initial=1.0)))
     bins = np.linspace(lowest, 1.0, 21)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.hist([confidence[correct], confidence[~correct]], bins=bins, stacked=True, color=["tab:green", "tab:red"],
             label=[f"correct ({correct.sum()})", f"wrong ({(~correct).sum()})"])
-    ax.set(xlabel="confidence (calibrated top-label probability)", ylabel="rows", title="Predicted confidence")
+    ax.set(xlabel="confidence (calibrated probability of the predicted label)", ylabel="rows", title="Predicted confidence")
     ax.legend(loc="upper left")
     return _save(fig, path)
 
 
 def plot_training_loss(steps: list[dict], path: str | Path) -> Path:
-    """Per-step training loss with a moving average, and the learning rate on a second axis."""
+    """Draw the per-step training loss with a moving average, and the learning rate on a second axis."""
     step = np.array([r["step"] for r in steps])
     loss = np.array([r["loss"] for r in steps], dtype=float)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -147,7 +155,7 @@ def plot_training_loss(steps: list[dict], path: str | Path) -> Path:
 
 
 def plot_validation_metrics(evaluations: list[dict], path: str | Path) -> Path:
-    """Validation accuracy (and macro-F1 where logged) and validation loss against optimizer step."""
+    """Draw validation accuracy (and macro-F1 where logged) and validation loss against optimizer step."""
     step = [r["step"] for r in evaluations]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
     for name in ("accuracy", "macro_f1"):

@@ -62,7 +62,7 @@ def write_evaluation_report(outdir: str | Path, classifier: Classifier, scored: 
     figures.plot_roc_curves(scored.targets, probs, labels, outdir / "roc_curve.png")
     figures.plot_pr_curves(scored.targets, probs, labels, outdir / "pr_curve.png")
     figures.plot_reliability(scored.targets, scored.uncalibrated_probs, probs, scored.temperature, outdir / "reliability.png")
-    figures.plot_confidence_histogram(scored.targets, probs, outdir / "confidence_histogram.png")
+    figures.plot_confidence_histogram(scored.targets, probs, outdir / "confidence_histogram.png", predictions)
 
     wrong = confidently_wrong(scored, probs, predictions, labels)
     wrong.to_csv(outdir / "misclassified.csv", index=False)
