@@ -70,6 +70,9 @@ def test_figures_are_real_pngs(tmp_path, classes):
     ]
     for path in written:
         assert_real_png(path)
+    if classes == 2:
+        assert_real_png(figures.plot_roc_curves(targets, probs, labels, tmp_path / "roc_t.png", threshold=0.3))
+        assert_real_png(figures.plot_pr_curves(targets, probs, labels, tmp_path / "pr_t.png", threshold=0.3))
 
 
 def test_training_curves_are_real_pngs(tmp_path):

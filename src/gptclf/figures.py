@@ -56,14 +56,22 @@ def _one_vs_rest(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]) 
     return [(name, targets == k, probs[:, k]) for k, name in enumerate(labels)]
 
 
-def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: str | Path) -> Path:
-    """Draw the ROC curve of the positive class (binary) or of each class against the rest."""
+def plot_roc_curves(
+    targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: str | Path, threshold: float | None = None
+) -> Path:
+    """Draw the ROC curve of the positive class (binary) or of each class against the rest.
+
+    A binary ``threshold`` is marked as the point it operates at.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, positive, score in _one_vs_rest(targets, probs, labels):
         if positive.all() or not positive.any():
             continue  # a curve needs rows of both kinds
         fpr, tpr, _ = roc_curve(positive, score)
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        if threshold is not None and len(labels) == 2:
+            chosen = score >= threshold
+            ax.plot(chosen[~positive].mean(), chosen[positive].mean(), "o", color="tab:red", label=f"threshold {threshold:.3f}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     title = "ROC curve" if len(labels) == 2 else "ROC curves, one class vs rest"
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.02))
@@ -71,8 +79,13 @@ def plot_roc_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str
     return _save(fig, path)
 
 
-def plot_pr_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: str | Path) -> Path:
-    """Draw the precision-recall curve of the positive class (binary) or of each class against the rest."""
+def plot_pr_curves(
+    targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: str | Path, threshold: float | None = None
+) -> Path:
+    """Draw the precision-recall curve of the positive class (binary) or of each class against the rest.
+
+    A binary ``threshold`` is marked as the point it operates at.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, positive, score in _one_vs_rest(targets, probs, labels):
         if not positive.any():
@@ -80,6 +93,10 @@ def plot_pr_curves(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]
         precision, recall, _ = precision_recall_curve(positive, score)
         ap = average_precision_score(positive, score)
         ax.plot(recall, precision, label=f"{name} (AP {ap:.3f}, base rate {positive.mean():.2f})")
+        chosen = score >= threshold if threshold is not None and len(labels) == 2 else None
+        if chosen is not None and chosen.any():
+            point_precision = (chosen & positive).sum() / chosen.sum()
+            ax.plot(chosen[positive].mean(), point_precision, "o", color="tab:red", label=f"threshold {threshold:.3f}")
     title = "Precision-recall curve" if len(labels) == 2 else "Precision-recall curves, one class vs rest"
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower left", fontsize="small")

@@ -33,13 +33,14 @@ from .tracking import read_train_log
 log = logging.getLogger(__name__)
 
 MAX_MISCLASSIFIED = 100
+HTML_WRONG_ROWS = 20
 # Figure file name -> caption, in the order the HTML page shows them.
 REPORT_FIGURES = {
     "confusion_matrix.png": "Confusion matrix: counts, and each row normalised by its true-label total.",
     "roc_curve.png": "ROC curve (binary: positive class; multi-class: each class against the rest).",
     "pr_curve.png": "Precision-recall curve (binary: positive class; multi-class: each class against the rest).",
     "reliability.png": "Reliability diagram before and after temperature scaling; bars on the diagonal are perfectly calibrated.",
-    "confidence_histogram.png": "Calibrated top-label confidence of correct and wrong predictions.",
+    "confidence_histogram.png": "Calibrated probability of the predicted label, for correct and wrong predictions.",
 }
 
 
@@ -59,8 +60,9 @@ def write_evaluation_report(outdir: str | Path, classifier: Classifier, scored: 
 
     matrix = np.asarray(metrics["confusion_matrix"]["matrix"])
     figures.plot_confusion_matrix(matrix, labels, outdir / "confusion_matrix.png")
-    figures.plot_roc_curves(scored.targets, probs, labels, outdir / "roc_curve.png")
-    figures.plot_pr_curves(scored.targets, probs, labels, outdir / "pr_curve.png")
+    threshold = metrics["decision"].get("threshold")
+    figures.plot_roc_curves(scored.targets, probs, labels, outdir / "roc_curve.png", threshold)
+    figures.plot_pr_curves(scored.targets, probs, labels, outdir / "pr_curve.png", threshold)
     figures.plot_reliability(scored.targets, scored.uncalibrated_probs, probs, scored.temperature, outdir / "reliability.png")
     figures.plot_confidence_histogram(scored.targets, probs, outdir / "confidence_histogram.png", predictions)
 
@@ -116,8 +118,8 @@ def render_html(metrics: dict, classifier: Classifier, figure_names: list[str], 
     for name in figure_names:
         parts.append(f"<figure><img src='{esc(name)}' alt='{esc(name)}'><figcaption>{esc(REPORT_FIGURES.get(name, name))}</figcaption></figure>")
     parts += [
-        f"<h2>Most confidently wrong ({len(wrong)} rows, also in misclassified.csv)</h2>",
-        wrong.head(20).to_html(index=False, escape=True) if len(wrong) else "<p>No wrong predictions.</p>",
+        f"<h2>Most confidently wrong ({min(len(wrong), HTML_WRONG_ROWS)} of {len(wrong)} shown, all in misclassified.csv)</h2>",
+        wrong.head(HTML_WRONG_ROWS).to_html(index=False, escape=True) if len(wrong) else "<p>No wrong predictions.</p>",
         "<h2>Classification report</h2>", f"<pre>{esc(text_report)}</pre>",
         "<h2>Model configuration (gptclf.json)</h2>", f"<pre>{esc(classifier.meta.to_json())}</pre>",
         "</body></html>",
