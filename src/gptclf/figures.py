@@ -113,6 +113,10 @@ def _draw_reliability(ax, table: ReliabilityBins, ece: float, title: str) -> Non
     bottom = np.minimum(table.confidence[filled], table.accuracy[filled])
     ax.bar(centres[filled], gap, bottom=bottom, width=width * 0.95, color="none", edgecolor="tab:red", hatch="//",
            label="gap to mean confidence")
+    # Rows per bin, written inside each bar, because a bin of two rows can sit far from the diagonal by chance.
+    for centre, count, accuracy in zip(centres[filled], table.counts[filled], table.accuracy[filled]):
+        colour = "white" if accuracy > 0.1 else "black"  # a bar this short cannot hold white text
+        ax.text(centre, 0.02, str(count), ha="center", va="bottom", rotation=90, fontsize=7, color=colour)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     ax.set(xlabel="confidence (top-label probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"{title}\nECE {ece:.4f}")

@@ -39,7 +39,7 @@ REPORT_FIGURES = {
     "confusion_matrix.png": "Confusion matrix: counts, and each row normalised by its true-label total.",
     "roc_curve.png": "ROC curve (binary: positive class; multi-class: each class against the rest).",
     "pr_curve.png": "Precision-recall curve (binary: positive class; multi-class: each class against the rest).",
-    "reliability.png": "Reliability diagram before and after temperature scaling; bars on the diagonal are perfectly calibrated.",
+    "reliability.png": "Reliability diagram before and after temperature scaling. Bars that reach the diagonal are perfectly calibrated, and the number in each bar is its row count.",
     "confidence_histogram.png": "Calibrated probability of the predicted label, for correct and wrong predictions.",
 }
 
