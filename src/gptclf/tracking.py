@@ -2,7 +2,8 @@
 
 Each line of ``train_log.jsonl`` is an object with ``kind`` either ``step`` (``step``, ``epoch``,
 ``loss``, ``lr``, ``samples_per_second``) or ``validation`` (``step``, ``epoch`` and the
-validation metrics). ``loss`` is the step's micro-batch loss, unsmoothed. ``lr`` is read after
+validation metrics). ``loss`` is the step's mean loss over this process's rows (weighted when class weights are
+set), unsmoothed. ``lr`` is read after
 the step's scheduler update, as the progress bar shows it, so it is the rate of the next step.
 """
 
