@@ -14,6 +14,9 @@ model with the LoRA update merged into its weights, in Hugging Face's folder for
 tokenizer. Its ``gptclf.json`` records ``base_model.kind = "merged"`` and the original base
 model under ``base_model.merged_from``, so it loads without the base model.
 
+Training also writes ``train_log.jsonl`` (and ``tensorboard/`` when asked) into the folder.
+Re-saving keeps them, like every other entry that is not part of the classifier.
+
 Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves a
 half-written classifier behind.
 """
@@ -43,6 +46,10 @@ ADAPTER_DIR = "adapter"
 BACKBONE_DIR = "backbone"
 MERGED_KIND = "merged"
 FORMAT_VERSION = 1
+# Files that training writes into the output folder while it runs; re-saving keeps them, like
+# every entry that is not part of the classifier itself (see _swap_into_place).
+TRAIN_LOG_FILE = "train_log.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -60,6 +67,16 @@ class ClassifierMeta:
     lora: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    """Logits are divided by this before the softmax; 1.0 leaves them as trained."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """Record of the temperature fit: data, rows, ECE and log loss before and after."""
+    threshold: float | None = None
+    """Binary only: predict ``labels[1]`` when its calibrated probability is >= this; argmax when None."""
+    threshold_tuning: dict[str, Any] = field(default_factory=dict)
+    """Record of the threshold choice: metric, its value, precision, recall and data."""
+    class_weights: list[float] | None = None
+    """Per-class weights the training loss used, in label order; None when unweighted."""
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -128,6 +145,21 @@ def write_classifier_files(folder: Path, classifier: GPTClassifier, meta: Classi
         raise CheckpointError(f"refusing to save non-finite weights in {bad[:3]}; lower --lr or check the data")
     classifier.backbone.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
     _write_head_and_meta(folder, classifier, meta)
+
+
+def update_meta(folder: str | Path, **changes: Any) -> ClassifierMeta:
+    """Change fields of a saved classifier's gptclf.json in place, leaving its tensors alone."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    for name, value in changes.items():
+        if name not in ClassifierMeta.__dataclass_fields__:
+            raise TypeError(f"ClassifierMeta has no field {name!r}")
+        setattr(meta, name, value)
+    path = folder / META_FILE
+    tmp = path.with_name(f".{META_FILE}.tmp")
+    tmp.write_text(meta.to_json() + "\n")
+    tmp.replace(path)
+    return meta
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:

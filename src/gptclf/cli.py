@@ -51,9 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
     evaluate.add_argument("--data", required=True, help="Labelled CSV, TSV, JSONL or Parquet file.")
     evaluate.add_argument("--json-out", help="Also write the metrics as JSON to this file.")
+    evaluate.add_argument("--report", metavar="OUTDIR", help="Write metrics.json, figures, report.html and misclassified.csv to this folder.")
+    _add_threshold_option(evaluate)
     _add_scoring_options(evaluate)
     evaluate.add_argument("--label-column", help="Column with the label; `label` when unset.")
     evaluate.set_defaults(run=run_evaluate)
+
+    tune = commands.add_parser(
+        "tune-threshold", help="Choose and store the decision threshold of a binary classifier.",
+        description="Choose the threshold on the calibrated probability of the second label that maximises "
+        "--metric on labelled data, and store it in the classifier; predict and evaluate then use it.",
+    )
+    tune.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    tune.add_argument("--data", required=True, help="Labelled held-out file (CSV, TSV, JSONL or Parquet), for example the validation file.")
+    tune.add_argument("--metric", default="f1", help="f1 (default), precision@R (best precision with recall >= R) or recall@P (best recall with precision >= P); R and P are fractions such as 0.9.")
+    tune.add_argument("--dry-run", action="store_true", help="Print the chosen threshold without storing it.")
+    _add_scoring_options(tune)
+    tune.add_argument("--label-column", help="Column with the label; `label` when unset.")
+    tune.set_defaults(run=run_tune_threshold)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="Fit and store the temperature of a classifier on labelled data.",
+        description="Fit the temperature that minimises the log loss on labelled held-out data and store it in "
+        "the classifier. Training does this on --validation unless --no-calibrate is given.",
+    )
+    calibrate.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    calibrate.add_argument("--data", required=True, help="Labelled held-out file (CSV, TSV, JSONL or Parquet), for example the validation file.")
+    _add_scoring_options(calibrate)
+    calibrate.add_argument("--label-column", help="Column with the label; `label` when unset.")
+    calibrate.set_defaults(run=run_calibrate)
 
     predict = commands.add_parser("predict", help="Predict labels for texts or for a file.")
     predict.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
@@ -63,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--chunk-size", type=int, default=8192, help="Rows read, scored and written at a time with --input (default 8192)."
     )
+    _add_threshold_option(predict)
     _add_scoring_options(predict)
     predict.set_defaults(run=run_predict)
 
@@ -114,6 +141,24 @@ def _settings(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
+def _add_threshold_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold", type=float,
+        help="Binary classifiers: predict the second label when its calibrated probability is >= this "
+        "(default: the threshold stored by tune-threshold, else the most probable label).",
+    )
+
+
+def _check_threshold_option(args: argparse.Namespace) -> None:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError([f"--threshold must be a probability in [0, 1], got {args.threshold}"])
+
+
+def _check_binary(classifier, args: argparse.Namespace) -> None:
+    if args.threshold is not None and len(classifier.labels) != 2:
+        raise ConfigError([f"--threshold applies to binary classifiers only; {args.classifier} has {len(classifier.labels)} labels"])
+
+
 def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", help="Column with the text; detected from `text` or `sentence` when unset.")
     parser.add_argument("--batch-size", type=int, default=64, help="Texts per forward pass (default 64).")
@@ -124,7 +169,9 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
 def _add_setting(group, f: dataclasses.Field) -> None:
     help_text = f.metadata.get("help", "")
     if f.type in (bool, "bool"):
-        group.add_argument(flag(f.name), dest=f.name, action="store_true", help=help_text)
+        # A setting that is on by default gets a --no-NAME flag; None means the flag was not given.
+        name = flag(f.name) if not f.default else "--no-" + flag(f.name)[2:]
+        group.add_argument(name, dest=f.name, action="store_const", const=not f.default, default=None, help=help_text)
         return
     default = f.default if f.default is not dataclasses.MISSING else None
     shown = f" (default: {default})" if default is not None else ""
@@ -153,7 +200,7 @@ def train_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         hints = typing.get_type_hints(cls)
         for f in _settings(cls):
             value = getattr(args, f.name)
-            if value is None or value is False:
+            if value is None:
                 continue
             try:
                 options[f.name] = value if isinstance(value, bool) else _convert(f.name, value, hints[f.name])
@@ -175,21 +222,73 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(**train_options_from_args(args))
     if result.best_metrics:
         print(f"best validation accuracy {result.best_metrics['accuracy']:.4f}; classifier saved to {result.output}")
+        if result.calibration:
+            cal = result.calibration
+            print(f"temperature {cal['temperature']:.4f}: validation ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
+                  f"log loss {cal['log_loss_before']:.4f} -> {cal['log_loss_after']:.4f}")
     else:
         print(f"classifier saved to {result.output}")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_file, format_metrics, write_json
+    from .evaluation import format_metrics, score_labelled_file, scored_metrics, write_json
     from .inference import Classifier
 
+    _check_threshold_option(args)
     classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
-    metrics = evaluate_file(classifier, args.data, args.text_column, args.label_column, args.batch_size)
+    _check_binary(classifier, args)
+    scored = score_labelled_file(classifier, args.data, args.text_column, args.label_column, args.batch_size)
+    metrics = scored_metrics(classifier, scored, args.threshold)
     print(format_metrics(metrics))
     if args.json_out:
         write_json(metrics, args.json_out)
         log.info("metrics written to %s", args.json_out)
+    if args.report:
+        from .reporting import write_evaluation_report
+
+        page = write_evaluation_report(args.report, classifier, scored, metrics)
+        print(f"report written to {page}")
+    return 0
+
+
+def run_tune_threshold(args: argparse.Namespace) -> int:
+    from .calibration import parse_threshold_metric
+    from .evaluation import tune_threshold_file
+    from .inference import Classifier
+
+    try:
+        parse_threshold_metric(args.metric)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
+    classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
+    if len(classifier.labels) != 2:
+        raise ConfigError([f"tune-threshold needs a binary classifier; {args.classifier} has {len(classifier.labels)} labels"])
+    tuning = tune_threshold_file(
+        classifier, args.data, args.metric, args.text_column, args.label_column, args.batch_size, save=not args.dry_run
+    )
+    print(
+        f"threshold {tuning['threshold']:.4f} on P({tuning['positive_label']}) maximises {tuning['metric']} on {tuning['rows']} rows: "
+        f"{tuning['metric'].split('@')[0]} {tuning['value']:.4f} (precision {tuning['precision']:.4f}, recall {tuning['recall']:.4f}, "
+        f"F1 {tuning['f1']:.4f})"
+    )
+    if not tuning["feasible"]:
+        print(f"no threshold reaches {tuning['metric']}; this one comes closest")
+    print("not stored (--dry-run)" if args.dry_run else f"stored in {args.classifier}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .evaluation import calibrate_file
+    from .inference import Classifier
+
+    classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
+    summary = calibrate_file(classifier, args.data, args.text_column, args.label_column, args.batch_size)
+    print(
+        f"temperature {summary['temperature']:.4f} fitted on {summary['rows']} rows: "
+        f"ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}, "
+        f"log loss {summary['log_loss_before']:.4f} -> {summary['log_loss_after']:.4f}; stored in {args.classifier}"
+    )
     return 0
 
 
@@ -210,14 +309,17 @@ def run_predict(args: argparse.Namespace) -> int:
         problems.append(f"--chunk-size must be at least 1, got {args.chunk_size}")
     if problems:
         raise ConfigError(problems)
+    _check_threshold_option(args)
     classifier = Classifier.load(args.classifier, base_model=args.base_model, dtype=args.dtype)
+    _check_binary(classifier, args)
     if args.input:
-        count = predict_file(classifier, args.input, args.output, args.text_column, args.batch_size, chunk_rows=args.chunk_size)
+        count = predict_file(
+            classifier, args.input, args.output, args.text_column, args.batch_size, chunk_rows=args.chunk_size, threshold=args.threshold
+        )
         print(f"wrote {count} predictions to {args.output}")
         return 0
     probs = classifier.predict_proba(args.texts, batch_size=args.batch_size)
-    for text, row in zip(args.texts, probs):
-        best = int(row.argmax())
+    for text, row, best in zip(args.texts, probs, classifier.decide(probs, args.threshold)):
         record = {"text": text, "label": classifier.labels[best], "probabilities": {n: round(float(p), 4) for n, p in zip(classifier.labels, row)}}
         print(json.dumps(record, ensure_ascii=False))
     return 0

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .imbalance import parse_class_weights
 
 POOLING_CHOICES = ("last", "mean")
+# TrainConfig's own settings, outside the data, model and optim groups.
+TOP_LEVEL_SETTINGS = ("output", "overwrite", "save_every", "keep_checkpoints", "resume", "report_to")
 
 
 def setting(default: Any, help: str) -> Any:
@@ -61,6 +64,8 @@ class OptimConfig:
     patience: int | None = setting(None, "Stop after this many evaluations without a better validation accuracy.")
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward (non-reentrant) to save memory at some speed cost.")
     eval_batch_size: int = setting(64, "Rows per forward pass when evaluating.")
+    class_weights: str | None = setting(None, "Loss weight per class: `auto` (inverse class frequency, n / (C * count)) or comma-separated numbers in label order; unset weighs every class 1.")
+    calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier (--no-calibrate to skip).")
     seed: int = setting(0, "Seed for the head initialisation, the subset, the batch order and dropout.")
     dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 on CUDA GPUs that support it, else fp32), `fp32` or `bf16`; trainable weights stay fp32.")
 
@@ -75,6 +80,7 @@ class TrainConfig:
     save_every: int | None = setting(None, "Write a resumable checkpoint to OUTPUT/checkpoints every this many optimizer steps.")
     keep_checkpoints: int = setting(2, "How many of the newest resumable checkpoints to keep.")
     resume: str | None = setting(None, "Continue an interrupted run from OUTPUT (its newest checkpoint) or from one checkpoint folder.")
+    report_to: str | None = setting(None, "Also log the training scalars to `tensorboard`, in OUTPUT/tensorboard (needs the tensorboard package).")
 
     @classmethod
     def from_flat(cls, **options: Any) -> "TrainConfig":
@@ -89,7 +95,7 @@ class TrainConfig:
                     values[group][key] = value
                     break
             else:
-                if key in ("output", "overwrite", "save_every", "keep_checkpoints", "resume"):
+                if key in TOP_LEVEL_SETTINGS:
                     top[key] = value
                 else:
                     unknown.append(key)
@@ -111,6 +117,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise one ConfigError that lists every invalid setting by its flag."""
         problems = _data_problems(self.data) + _model_problems(self.model) + _optim_problems(self.optim)
+        problems += _report_problems(self.report_to)
         if not self.output:
             problems.append(f"{flag('output')} is required: the folder to write the classifier to")
         else:
@@ -193,7 +200,23 @@ def _optim_problems(optim: OptimConfig) -> list[str]:
         problems.append(f"{flag('eval_every')} must be at least 1, got {optim.eval_every}")
     if optim.dtype not in ("auto", "fp32", "bf16"):
         problems.append(f"{flag('dtype')} must be auto, fp32 or bf16, got {optim.dtype!r}")
+    try:
+        parse_class_weights(optim.class_weights)
+    except ValueError as err:
+        problems.append(str(err))
     return problems
+
+
+def _report_problems(report_to: str | None) -> list[str]:
+    from .tracking import REPORT_TO_CHOICES, tensorboard_missing
+
+    if report_to is None:
+        return []
+    if report_to not in REPORT_TO_CHOICES:
+        return [f"{flag('report_to')} must be one of {', '.join(REPORT_TO_CHOICES)}, got {report_to!r}"]
+    if report_to == "tensorboard" and tensorboard_missing():
+        return [f"{flag('report_to')} tensorboard needs the tensorboard package; install it with `pip install 'gptclf[tensorboard]'`"]
+    return []
 
 
 @dataclass

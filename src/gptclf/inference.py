@@ -12,6 +12,7 @@ import torch
 
 from .batching import encode, sorted_batches, collate
 from .errors import ConfigError
+from .calibration import check_threshold, decide, softmax
 from .model import GPTClassifier
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ def score_ids(
     return logits
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 class Classifier:
     """A trained classifier ready to score text.
 
@@ -80,11 +75,13 @@ class Classifier:
     ['Positive']
     """
 
-    def __init__(self, model: GPTClassifier, tokenizer, meta, dtype: str = "fp32"):
+    def __init__(self, model: GPTClassifier, tokenizer, meta, dtype: str = "fp32", path: Path | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.meta = meta
         self.dtype = dtype
+        # The folder it was loaded from, where `calibrate` and `tune-threshold` store their results.
+        self.path = path
 
     @classmethod
     def load(
@@ -117,11 +114,21 @@ class Classifier:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(target)
         model.eval()
-        return cls(model, tokenizer, meta, resolve_dtype(dtype, target))
+        return cls(model, tokenizer, meta, resolve_dtype(dtype, target), Path(path))
 
     @property
     def labels(self) -> list[str]:
         return list(self.meta.labels)
+
+    @property
+    def temperature(self) -> float:
+        """Divisor of the logits fitted on validation data; 1.0 for an uncalibrated classifier."""
+        return float(self.meta.temperature)
+
+    @property
+    def threshold(self) -> float | None:
+        """Stored decision threshold on the probability of ``labels[1]``; None means argmax."""
+        return self.meta.threshold
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, cut to the classifier's ``max_length``; rejects non-strings and blank texts."""
@@ -130,24 +137,43 @@ class Classifier:
             return []
         return encode(self.tokenizer, texts, self.meta.max_length).ids
 
-    def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 64, progress=None) -> np.ndarray:
-        """Raw logits, (n, C) fp32, for token ids from :meth:`encode`, in input order."""
+    def logits_from_ids(
+        self, ids: Sequence[Sequence[int]], batch_size: int = 64, progress=None, calibrated: bool = True
+    ) -> np.ndarray:
+        """Logits, (n, C) fp32, for token ids from :meth:`encode`, in input order.
+
+        They are divided by the stored temperature unless ``calibrated=False``.
+        """
         if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return score_ids(self.model, ids, self.tokenizer.pad_token_id, batch_size, self.dtype, progress)
+        raw = score_ids(self.model, ids, self.tokenizer.pad_token_id, batch_size, self.dtype, progress)
+        if not calibrated:
+            return raw
+        return (raw / np.float32(self.temperature)).astype(np.float32)
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
-        """Raw logits, (n, C) fp32, in input order; ``progress`` is a tqdm bar advanced per batch."""
-        return self.logits_from_ids(self.encode(texts), batch_size, progress)
+    def logits(self, texts: Sequence[str], batch_size: int = 64, progress=None, calibrated: bool = True) -> np.ndarray:
+        """Logits, (n, C) fp32, in input order, temperature-scaled unless ``calibrated=False``.
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
-        """Class probabilities, (n, C), columns in the order of ``labels``."""
-        return softmax(self.logits(texts, batch_size, progress))
+        ``progress`` is a tqdm bar advanced per batch.
+        """
+        return self.logits_from_ids(self.encode(texts), batch_size, progress, calibrated)
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
-        """Most probable label name for each text."""
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress=None, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities, (n, C), columns in the order of ``labels``, temperature-scaled unless ``calibrated=False``."""
+        return softmax(self.logits(texts, batch_size, progress, calibrated)).astype(np.float32)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64, threshold: float | None = None) -> list[str]:
+        """Label name for each text: by ``threshold``, else the stored threshold, else the most probable label."""
         probs = self.predict_proba(texts, batch_size)
-        return [self.labels[i] for i in probs.argmax(axis=-1)]
+        return [self.labels[i] for i in self.decide(probs, threshold)]
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Class index per row of ``probs``, applying ``threshold`` or the stored one (binary only)."""
+        if threshold is None:
+            threshold = self.threshold
+        else:
+            threshold = check_threshold(threshold)
+        return decide(probs, threshold)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -235,16 +235,17 @@ def _add_routes(app: FastAPI, classifier: Classifier, config: ServeConfig, batch
 
     @app.post("/predict", response_model=PredictResponse, responses=error_responses)
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
-        """Classify texts: per text, the most probable label and the probability of every label."""
+        """Classify texts: per text, the label (by the stored threshold, else the most probable) and every label's probability."""
         _check_limits(body.texts, config)
         request.state.texts = len(body.texts)
         if config.log_texts:
             log.info("request texts: %r", body.texts)
         probs = await batcher.probabilities(body.texts)
         labels = classifier.labels
+        chosen = classifier.decide(probs)
         predictions = [
-            Prediction(label=labels[int(row.argmax())], probabilities={name: float(p) for name, p in zip(labels, row)})
-            for row in probs
+            Prediction(label=labels[int(k)], probabilities={name: float(p) for name, p in zip(labels, row)})
+            for k, row in zip(chosen, probs)
         ]
         return PredictResponse(predictions=predictions)
 

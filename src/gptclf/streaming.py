@@ -38,11 +38,13 @@ def predict_file(
     batch_size: int = 64,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
+    threshold: float | None = None,
 ) -> int:
     """Score every row of a file and write its columns plus `prediction` and `prob_<label>`.
 
     Returns the number of rows written. The output format follows the extension of
-    ``output_path`` (.csv or .jsonl); rows keep the input order.
+    ``output_path`` (.csv or .jsonl); rows keep the input order. ``threshold`` overrides the
+    stored decision threshold of a binary classifier.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     _check_paths(input_path, output_path, chunk_rows)
@@ -54,7 +56,8 @@ def predict_file(
         with tmp.open("w", encoding="utf-8", newline="") as handle:
             for chunk in read_chunks(input_path, text_column, chunk_rows):
                 probs = classifier.predict_proba(chunk.texts, batch_size=batch_size, progress=bar)
-                _write_chunk(handle, _with_predictions(chunk.frame, probs, classifier.labels), output_path.suffix.lower(), first=written == 0)
+                predictions = classifier.decide(probs, threshold)
+                _write_chunk(handle, _with_predictions(chunk.frame, probs, predictions, classifier.labels), output_path.suffix.lower(), first=written == 0)
                 written += len(chunk.texts)
         tmp.replace(output_path)
     except BaseException:
@@ -77,9 +80,9 @@ def _check_paths(input_path: Path, output_path: Path, chunk_rows: int) -> None:
         raise DataError(f"--chunk-size must be at least 1, got {chunk_rows}")
 
 
-def _with_predictions(frame: pd.DataFrame, probs: np.ndarray, labels: list[str]) -> pd.DataFrame:
+def _with_predictions(frame: pd.DataFrame, probs: np.ndarray, predictions: np.ndarray, labels: list[str]) -> pd.DataFrame:
     frame = frame.copy()
-    frame["prediction"] = [labels[i] for i in probs.argmax(axis=-1)]
+    frame["prediction"] = [labels[i] for i in predictions]
     for j, name in enumerate(labels):
         frame[f"prob_{name}"] = probs[:, j]
     return frame

@@ -16,15 +16,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, load_backbone, resolve_source
+from .calibration import store_temperature
 from .batching import Encoded, collate, encode, length_grouped_batches
 from .check import check_after_training
 from .checkpoint import ClassifierMeta, describe_base, load_trainable_weights, read_meta, save_classifier
 from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from .distributed import Engine
 from .data import LabelSet, build_label_set, encode_labels, read_labelled
-from .errors import GptclfError
+from .errors import ConfigError, GptclfError
+from .imbalance import resolve_class_weights, warn_if_collapsed, warn_if_imbalanced
 from .inference import autocast_context, resolve_dtype, score_ids
 from .model import GPTClassifier, build_classifier, check_trainable, enable_gradient_checkpointing
+from .tracking import TrainLogger
 from .training_state import LoopState, find_resume_checkpoint, load_training_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ class TrainResult:
     seconds: float = 0.0
     model: GPTClassifier | None = field(default=None, repr=False)
     """The in-memory classifier after the last step (the saved one is the best, when validating)."""
+    calibration: dict = field(default_factory=dict)
+    """Temperature, and ECE and log loss before and after it, on the validation set."""
 
 
 def train(config: TrainConfig | None = None, **options) -> TrainResult:
@@ -66,6 +71,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     engine = Engine(cpu=not torch.cuda.is_available())
     log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=2))
     data = load_training_data(config)
+    warn_if_imbalanced(data.train_labels, data.label_set.names)
+    class_weights = _resolve_class_weights(config, data)
 
     backbone = load_backbone(resolve_source(config.model.model))
     base_description = describe_base(backbone)
@@ -100,6 +107,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             "layers": config.model.lora_layers,
         },
         config=config.to_dict(),
+        class_weights=class_weights,
     )
     result = run_training(classifier, backbone, data, config, meta, engine)
     if engine.is_main:
@@ -149,6 +157,16 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         data.validation_labels = encode_labels(val_table, val_raw, label_set, seen_in=f"the training file {cfg.train}")
         log.info("validation rows: %d", len(val_texts))
     return data
+
+
+def _resolve_class_weights(config: TrainConfig, data: TrainingData) -> list[float] | None:
+    try:
+        weights = resolve_class_weights(config.optim.class_weights, data.train_labels, len(data.label_set.names))
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
+    if weights is not None:
+        log.info("class weights in the loss: %s", ", ".join(f"{n}: {w:.3f}" for n, w in zip(data.label_set.names, weights)))
+    return weights
 
 
 def _tokenizer_settings(backbone: Backbone) -> dict:
@@ -205,7 +223,10 @@ def run_training(
         log.info("resumed from %s at optimizer step %d", checkpoint, state.optimizer_step)
 
     labels = torch.as_tensor(data.train_labels)
-    evaluate = partial(_evaluate_and_save, classifier, val_enc, data, config, meta, engine, pad_id, dtype_name)
+    loss_weights = None if meta.class_weights is None else torch.tensor(meta.class_weights, device=device)
+    best_logits: dict = {}  # validation logits of the best evaluation in this run, for the temperature fit
+    evaluate = partial(_evaluate_and_save, classifier, val_enc, data, config, meta, engine, pad_id, dtype_name, best_logits)
+    train_log = TrainLogger(config.output, config.report_to, append=bool(config.resume), enabled=engine.is_main)
     progress = tqdm(total=total_steps, initial=state.optimizer_step, unit="step", desc="train", mininterval=1.0, disable=not engine.is_main)
     start, eval_seconds, rows_at_start = time.perf_counter(), 0.0, state.rows_seen
     stop = False
@@ -215,6 +236,7 @@ def run_training(
         while state.micro_batch_in_epoch < len(epoch_batches) and state.optimizer_step < total_steps:
             step_batches = epoch_batches[state.micro_batch_in_epoch : state.micro_batch_in_epoch + optim.grad_accum]
             step_rows = sum(len(rows) for rows in step_batches)
+            step_weight = _total_weight(step_batches, data.train_labels, meta.class_weights)  # step_rows when unweighted
             loss_sum = 0.0
             for i, global_rows in enumerate(step_batches):
                 rows = global_rows[engine.rank :: engine.world_size]
@@ -222,9 +244,9 @@ def run_training(
                 with engine.sync_gradients(model, sync=i == len(step_batches) - 1):
                     with autocast_context(device, dtype_name):
                         logits = model(**batch)
-                    loss = F.cross_entropy(logits, labels[rows].to(device), reduction="sum")
+                    loss = F.cross_entropy(logits, labels[rows].to(device), weight=loss_weights, reduction="sum")
                     # DDP averages gradients over processes, hence the factor world_size.
-                    (loss * engine.world_size / step_rows).backward()
+                    (loss * engine.world_size / step_weight).backward()
                 loss_sum += loss.item()
             if not math.isfinite(loss_sum):
                 raise TrainingError(
@@ -239,7 +261,7 @@ def run_training(
             state.optimizer_step += 1
             state.micro_batch_in_epoch += len(step_batches)
             state.rows_seen += step_rows
-            step_loss = loss_sum * engine.world_size / step_rows  # this process's rows only, for the progress bar
+            step_loss = loss_sum * engine.world_size / step_weight  # this process's rows only, for the progress bar
             state.smoothed_loss = step_loss if state.smoothed_loss is None else 0.95 * state.smoothed_loss + 0.05 * step_loss
             epoch_done = state.micro_batch_in_epoch >= len(epoch_batches)
             if epoch_done:
@@ -251,11 +273,16 @@ def run_training(
                 rows_s=f"{(state.rows_seen - rows_at_start) / max(train_seconds, 1e-9):.1f}", refresh=False,
             )
             progress.update(1)
+            train_log.log_step(
+                state.optimizer_step, state.optimizer_step / steps_per_epoch, step_loss, scheduler.get_last_lr()[0],
+                (state.rows_seen - rows_at_start) / max(train_seconds, 1e-9),
+            )
 
             last_step = state.optimizer_step >= total_steps
             if val_enc is not None and (last_step or epoch_done or (optim.eval_every and state.optimizer_step % optim.eval_every == 0)):
                 eval_start = time.perf_counter()
                 stop = evaluate(state, state.optimizer_step / steps_per_epoch)
+                train_log.log_evaluation(state.history[-1])
                 eval_seconds += time.perf_counter() - eval_start
             if config.save_every and state.optimizer_step % config.save_every == 0 and not last_step:
                 if engine.is_main:
@@ -284,8 +311,40 @@ def run_training(
     else:
         log.info("best validation accuracy %.4f at optimizer step %d; classifier in %s",
                  state.best_metrics["accuracy"], state.best_metrics["optimizer_step"], config.output)
+
+    train_log.close()
+    if engine.is_main:
+        result.calibration = _calibrate(config, data, best_logits, val_enc is not None)
+        _write_training_figures(config.output)
     engine.wait()
     return result
+
+
+def _total_weight(step_batches: list[np.ndarray], labels: np.ndarray, class_weights: list[float] | None) -> float:
+    """Sum of the loss weights of a step's rows, the denominator of its weighted mean loss."""
+    if class_weights is None:
+        return float(sum(len(rows) for rows in step_batches))
+    weights = np.asarray(class_weights)
+    return float(sum(weights[labels[rows]].sum() for rows in step_batches))
+
+
+def _calibrate(config: TrainConfig, data: TrainingData, best_logits: dict, validating: bool) -> dict:
+    if not (validating and config.optim.calibrate):
+        return {}
+    if "logits" not in best_logits:
+        log.warning(
+            "the best classifier comes from before --resume, so no temperature was fitted; "
+            "run `gptclf calibrate %s --data %s`", config.output, config.data.validation,
+        )
+        return {}
+    return store_temperature(config.output, best_logits["logits"], data.validation_labels, config.data.validation)
+
+
+def _write_training_figures(folder: str) -> None:
+    from .reporting import write_training_figures  # imported here: matplotlib is slow to import
+
+    for path in write_training_figures(folder):
+        log.info("wrote %s", path)
 
 
 def _epoch_micro_batches(encoded: Encoded, global_batch: int, world_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -321,7 +380,9 @@ def _encode_logged(tokenizer, texts: list[str], max_length: int, name: str) -> E
     return encoded
 
 
-def _evaluate_and_save(classifier, val_enc, data, config, meta, engine, pad_id, dtype_name, state: LoopState, epoch: float) -> bool:
+def _evaluate_and_save(
+    classifier, val_enc, data, config, meta, engine, pad_id, dtype_name, best_logits: dict, state: LoopState, epoch: float
+) -> bool:
     """Score the validation set, save the classifier when it is the best so far; return whether to stop.
 
     NOTE: every process scores the whole validation set, so the decision to stop is the same on
@@ -333,6 +394,8 @@ def _evaluate_and_save(classifier, val_enc, data, config, meta, engine, pad_id, 
     targets = data.validation_labels
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)))
     accuracy = float((logits.argmax(axis=-1) == targets).mean())
+    if engine.is_main:
+        warn_if_collapsed(logits.argmax(axis=-1), data.label_set.names, state.optimizer_step)
     metrics = {"optimizer_step": state.optimizer_step, "epoch": round(epoch, 4), "accuracy": accuracy, "loss": loss}
     state.history.append(metrics)
     improved = not state.best_metrics or accuracy > state.best_metrics["accuracy"]
@@ -342,6 +405,7 @@ def _evaluate_and_save(classifier, val_enc, data, config, meta, engine, pad_id, 
     )
     if improved:
         state.best_metrics = metrics
+        best_logits["logits"] = logits
         state.evaluations_without_improvement = 0
         meta.metrics = {"validation": metrics}
         if engine.is_main:
