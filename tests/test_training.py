@@ -78,10 +78,11 @@ def test_gradient_checkpointing_gives_same_lora_gradients(base_model):
 
 
 def test_patience_stops_early(tmp_path, base_models, train_file):
-    validation = write_tsv(tmp_path / "v.tsv", sentiment_rows(16, seed=6))
-    # A learning rate of ~0 keeps accuracy flat, so no evaluation after the first improves.
+    # One text under both labels: every prediction is right for half the rows, so validation
+    # accuracy stays at 0.5 and no evaluation after the first improves.
+    validation = write_tsv(tmp_path / "v.tsv", [("the film was .", label) for label in ["negative", "positive"] * 8])
     result = train(**_options(base_models["gpt2"], train_file, tmp_path / "p", validation=str(validation),
-                              lr=1e-12, max_steps=20, eval_every=2, patience=2))
+                              max_steps=20, eval_every=2, patience=2))
     assert result.optimizer_steps == 6
     assert len(result.history) == 3
 

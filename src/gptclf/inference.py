@@ -101,7 +101,9 @@ class Classifier:
         from .checkpoint import load_classifier
 
         model, backbone, meta = load_classifier(path, base_model=base_model)
-        return cls.from_model(model, backbone.tokenizer, meta, merge=merge, device=device, dtype=dtype)
+        classifier = cls.from_model(model, backbone.tokenizer, meta, merge=merge, device=device, dtype=dtype)
+        classifier.path = Path(path)
+        return classifier
 
     @classmethod
     def from_model(
@@ -114,7 +116,7 @@ class Classifier:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(target)
         model.eval()
-        return cls(model, tokenizer, meta, resolve_dtype(dtype, target), Path(path))
+        return cls(model, tokenizer, meta, resolve_dtype(dtype, target))
 
     @property
     def labels(self) -> list[str]:
