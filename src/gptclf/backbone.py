@@ -32,7 +32,7 @@ CACHE_ENV = "GPTCLF_CACHE"
 
 @dataclass
 class ModelSource:
-    """Where a base model comes from, as recorded in a saved classifier."""
+    """Origin of a base model, as recorded in a saved classifier."""
 
     kind: str
     """One of `embedded`, `gguf`, `folder`, `hub`."""
@@ -178,8 +178,8 @@ def _converted_gguf(gguf_path: Path) -> Path:
 def fingerprint(model: torch.nn.Module) -> str:
     """Hash names, shapes, dtypes and a strided sample of every base weight.
 
-    Sampling up to 4096 values per tensor keeps this under a second for billion-parameter
-    models; it tells different checkpoints apart but is not a full content hash.
+    Sampling up to 4096 values per tensor keeps this fast for large models (an estimate: under a
+    second for 1B parameters). It separates different checkpoints but is not a full content hash.
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-# A window of this many batches is sorted by length before it is cut into batches; larger windows
+# A window of this many batches is sorted by length before it is cut into batches. Larger windows
 # waste less padding but make batch order less random.
 GROUP_WINDOW_BATCHES = 64
 

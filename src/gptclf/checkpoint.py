@@ -172,8 +172,8 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
         os.replace(staging, folder)
         return
     _link_other_entries(folder, staging)
-    # NOTE: between the two renames the folder is briefly absent; the old copy survives under
-    # the .replaced- name if the process dies there, and resuming looks for it.
+    # NOTE: between the two renames the folder is briefly absent. If the process dies there, the
+    # old copy survives under the .replaced- name, where resuming looks for checkpoints.
     retired = folder.parent / f".{folder.name}.replaced-{os.getpid()}"
     shutil.rmtree(retired, ignore_errors=True)
     os.replace(folder, retired)

@@ -136,19 +136,24 @@ def _read_csv(path: Path, content: str) -> Table:
     return Table(path, frame, first_line=0)
 
 
+def parse_jsonl_line(path: Path, line_number: int, line: str) -> dict:
+    """Parse one JSONL line into a record; anything but a JSON object is a DataError naming the line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: line {line_number} is not valid JSON ({err.msg}); fix or remove it") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: line {line_number} is a JSON {type(record).__name__}, expected an object")
+    return record
+
+
 def _read_jsonl(path: Path, content: str) -> Table:
     records = []
     line_numbers = []
     for line_number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {line_number} is not valid JSON ({err.msg}); fix or remove it") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: line {line_number} is a JSON {type(record).__name__}, expected an object")
-        records.append(record)
+        records.append(parse_jsonl_line(path, line_number, line))
         line_numbers.append(line_number)
     frame = pd.DataFrame.from_records(records)
     for column in frame.columns:

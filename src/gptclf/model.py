@@ -80,8 +80,8 @@ def _adaptable_modules(model: nn.Module) -> dict[str, nn.Module]:
 def find_lora_targets(model: nn.Module, requested: list[str] | None = None) -> list[str]:
     """Return the module names to wrap with LoRA, checked against the model.
 
-    ``requested`` names match a module whose dotted name ends with them; each must match at least
-    one linear layer, and none may name the classification head.
+    A ``requested`` name matches a module whose dotted name ends with it. Each must match at
+    least one linear layer, and none may name the classification head.
     """
     modules = _adaptable_modules(model)
     suffixes = {name.rsplit(".", 1)[-1] for name in modules}

@@ -9,7 +9,6 @@ interrupted or failed run never leaves a half-written output file.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .data import TEXT_COLUMN_CANDIDATES, Table, _blank_rows, _headerless_names, resolve_column
+from .data import TEXT_COLUMN_CANDIDATES, Table, _blank_rows, _headerless_names, parse_jsonl_line, resolve_column
 from .errors import DataError
 from .inference import Classifier
 
@@ -217,13 +216,7 @@ def _jsonl_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             line_number += 1
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {line_number} is not valid JSON ({err.msg}); fix or remove it") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {line_number} is a JSON {type(record).__name__}, expected an object")
-            records.append(record)
+            records.append(parse_jsonl_line(path, line_number, line))
             if len(records) == chunk_rows:
                 yield _records_frame(records)
                 records = []

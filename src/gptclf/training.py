@@ -183,7 +183,7 @@ def _tokenizer_settings(backbone: Backbone) -> dict:
 def run_training(
     classifier: GPTClassifier, backbone: Backbone, data: TrainingData, config: TrainConfig, meta: ClassifierMeta, engine: Engine
 ) -> TrainResult:
-    """The training loop.
+    """Run the training loop, evaluating and saving as configured.
 
     Each optimizer step takes ``grad_accum`` global micro-batches of ``batch_size x processes``
     length-grouped rows; each process scores its share of every micro-batch. The loss is the sum
@@ -385,8 +385,8 @@ def _evaluate_and_save(
 ) -> bool:
     """Score the validation set, save the classifier when it is the best so far; return whether to stop.
 
-    NOTE: every process scores the whole validation set, so the decision to stop is the same on
-    all of them without communication; only the main process writes.
+    NOTE: every process scores the whole validation set, so all of them reach the same decision to
+    stop without communicating. Only the main process writes.
     """
     classifier.eval()
     logits = score_ids(classifier, val_enc.ids, pad_id, config.optim.eval_batch_size, dtype_name)

@@ -3,8 +3,8 @@
 A checkpoint folder ``OUTPUT/checkpoints/step-000120/`` contains the classifier files (as in a
 saved classifier) plus ``trainer_state.safetensors`` (optimizer moments, RNG states) and
 ``trainer_state.json`` (optimizer step, data-order position, scheduler, best metrics). The
-folder is written under a temporary name and renamed, so every ``step-*`` folder is complete;
-a process killed mid-write leaves only a ``.step-*`` staging folder, which is ignored.
+folder is written under a temporary name and renamed, so every ``step-*`` folder is complete.
+A process killed mid-write leaves only a ``.step-*`` staging folder, which is ignored.
 """
 
 from __future__ import annotations
