@@ -2,17 +2,23 @@
 
 All three score the same classifier on the SST-2 validation texts with the same batch size:
 
-- gptclf: ``Classifier.predict_proba`` (LoRA merged, texts sorted by length, each batch padded
-  to its own longest text, ``torch.inference_mode``), in fp32 and with bf16 autocast;
-- pipeline: ``transformers.pipeline("text-classification")`` over a ``*ForSequenceClassification``
-  model built from the same base model, carrying the same LoRA weights (merged) and the same head;
-- one text at a time: ``Classifier.predict_proba([text])`` in a loop, on the first
-  ``--single-limit`` texts.
+- gptclf: ``Classifier.predict_proba`` with its defaults (LoRA merged, texts sorted by length,
+  each batch padded to its own longest text, ``torch.inference_mode``, dtype ``auto``: bf16
+  autocast where the hardware multiplies bf16 natively, else fp32);
+- gptclf-fp32: the same with ``dtype="fp32"``;
+- pipeline: ``transformers.pipeline("text-classification")`` as users write it, in fp32, over a
+  ``*ForSequenceClassification`` model built from the same base model, carrying the same LoRA
+  weights (merged) and the same head;
+- pipeline-bf16: the same pipeline called under ``torch.autocast(dtype=torch.bfloat16)``;
+- one text at a time: ``Classifier.predict_proba([text])`` with gptclf's defaults, in a loop, on
+  the first ``--single-limit`` texts.
 
 Each method runs in its own subprocess, so its peak RSS (model load included) is its own. The
 report gives samples/s, peak RSS, the speed-up of gptclf over the pipeline, the label agreement
 of bf16 with fp32, and the largest probability difference between the pipeline and gptclf, which
-shows that both score the same classifier.
+shows that both score the same classifier. Where gptclf's default resolves to bf16, the report
+also gives its label agreement with fp32, and the speed-ups at equal dtype (fp32 against fp32,
+bf16 against bf16).
 
     python benchmarks/predict_throughput.py --classifier runs/sst2
 """
@@ -35,7 +41,7 @@ import numpy as np
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2" / "validation.tsv"
 DEFAULT_CLASSIFIER = "runs/sst2"  # the output of the SST-2 training command in the README
 # gptclf and the pipeline run back to back, so the two methods compared most closely run under similar load.
-METHODS = ("gptclf", "pipeline", "gptclf-bf16", "one-at-a-time")
+METHODS = ("gptclf", "pipeline", "gptclf-fp32", "pipeline-bf16", "one-at-a-time")
 
 
 def main() -> int:
@@ -107,6 +113,7 @@ def run_worker(args) -> int:
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
     result = {
         "method": args.worker,
+        "dtype": score.dtype,
         "rows": len(texts),
         "seconds": seconds,
         "samples_per_s": len(texts) / seconds,
@@ -128,18 +135,23 @@ def load_method(method: str, folder: str, batch_size: int):
     """Return a function that maps a list of texts to probabilities, (n, C), in input order."""
     from gptclf import Classifier
 
-    if method in ("gptclf", "gptclf-bf16"):
-        classifier = Classifier.load(folder, dtype="bf16" if method == "gptclf-bf16" else "fp32")
-        return lambda texts: classifier.predict_proba(texts, batch_size=batch_size)
+    if method in ("gptclf", "gptclf-fp32"):
+        classifier = Classifier.load(folder, dtype="fp32" if method == "gptclf-fp32" else "auto")
+        return _tagged(lambda texts: classifier.predict_proba(texts, batch_size=batch_size), classifier.dtype)
     if method == "one-at-a-time":
-        classifier = Classifier.load(folder, dtype="fp32")
-        return lambda texts: np.concatenate([classifier.predict_proba([text]) for text in texts])
-    if method == "pipeline":
-        return load_pipeline(folder, batch_size)
+        classifier = Classifier.load(folder)
+        return _tagged(lambda texts: np.concatenate([classifier.predict_proba([text]) for text in texts]), classifier.dtype)
+    if method in ("pipeline", "pipeline-bf16"):
+        return load_pipeline(folder, batch_size, bf16=method == "pipeline-bf16")
     raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def load_pipeline(folder: str, batch_size: int):
+def _tagged(score, dtype: str):
+    score.dtype = dtype
+    return score
+
+
+def load_pipeline(folder: str, batch_size: int, bf16: bool = False):
     """Build transformers' text-classification pipeline over the same base model, LoRA weights and head."""
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
@@ -178,10 +190,11 @@ def load_pipeline(folder: str, batch_size: int):
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu", top_k=None)
 
     def score_texts(texts):
-        outputs = classify(texts, batch_size=batch_size, truncation=True, max_length=meta.max_length)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = classify(texts, batch_size=batch_size, truncation=True, max_length=meta.max_length)
         return np.array([[{o["label"]: o["score"] for o in row}[name] for name in meta.labels] for row in outputs])
 
-    return score_texts
+    return _tagged(score_texts, "bf16" if bf16 else "fp32")
 
 
 def summarise(results: dict, args, n_texts: int) -> dict:
@@ -194,14 +207,23 @@ def summarise(results: dict, args, n_texts: int) -> dict:
         "methods": {m: {k: v for k, v in r.items() if k != "probabilities"} for m, r in results.items()},
     }
     probs = {m: np.array(r["probabilities"]) for m, r in results.items()}
-    if "gptclf" in probs and "pipeline" in probs:
-        report["speedup_vs_pipeline"] = results["gptclf"]["samples_per_s"] / results["pipeline"]["samples_per_s"]
-        report["cpu_speedup_vs_pipeline"] = results["gptclf"]["samples_per_cpu_s"] / results["pipeline"]["samples_per_cpu_s"]
-        report["max_prob_diff_pipeline_vs_gptclf"] = float(np.abs(probs["pipeline"] - probs["gptclf"]).max())
-    if "gptclf" in probs and "gptclf-bf16" in probs:
-        report["bf16_label_agreement"] = float((probs["gptclf"].argmax(1) == probs["gptclf-bf16"].argmax(1)).mean())
-    if "gptclf" in probs and "one-at-a-time" in probs:
-        report["speedup_vs_one_at_a_time"] = results["gptclf"]["samples_per_s"] / results["one-at-a-time"]["samples_per_s"]
+    speed = {m: r["samples_per_s"] for m, r in results.items()}
+    pairs = {
+        "speedup_vs_pipeline": ("gptclf", "pipeline"),  # each with its defaults
+        "speedup_vs_pipeline_fp32_both": ("gptclf-fp32", "pipeline"),
+        "speedup_vs_pipeline_bf16_both": ("gptclf", "pipeline-bf16"),
+        "speedup_vs_one_at_a_time": ("gptclf", "one-at-a-time"),
+    }
+    for key, (a, b) in pairs.items():
+        if a in speed and b in speed and (key != "speedup_vs_pipeline_bf16_both" or results[a]["dtype"] == "bf16"):
+            report[key] = speed[a] / speed[b]
+    if "gptclf-fp32" in probs and "pipeline" in probs:
+        report["max_prob_diff_pipeline_vs_gptclf_fp32"] = float(np.abs(probs["pipeline"] - probs["gptclf-fp32"]).max())
+    if "gptclf" in probs and "gptclf-fp32" in probs and results["gptclf"]["dtype"] != "fp32":
+        agree = probs["gptclf"].argmax(1) == probs["gptclf-fp32"].argmax(1)
+        report["default_vs_fp32_label_agreement"] = float(agree.mean())
+        report["default_vs_fp32_label_disagreements"] = int((~agree).sum())
+        report["default_vs_fp32_max_prob_diff"] = float(np.abs(probs["gptclf"] - probs["gptclf-fp32"]).max())
     return report
 
 
@@ -213,12 +235,12 @@ def _cpu_count() -> int:
 
 def format_report(report: dict) -> str:
     lines = [f"{report['texts']} texts, batch size {report['batch_size']}, torch threads {report['torch_threads']}, {report['machine']}", "",
-             "| method | texts | samples/s | samples per CPU-second | peak RSS (MiB) |", "|---|---:|---:|---:|---:|"]
+             "| method | dtype | texts | samples/s | samples per CPU-second | peak RSS (MiB) |", "|---|---|---:|---:|---:|---:|"]
     for method, r in report["methods"].items():
-        lines.append(f"| {method} | {r['rows']} | {r['samples_per_s']:.1f} | {r['samples_per_cpu_s']:.1f} | {r['peak_rss_mib']:.0f} |")
-    for key in ("speedup_vs_pipeline", "cpu_speedup_vs_pipeline", "speedup_vs_one_at_a_time", "bf16_label_agreement", "max_prob_diff_pipeline_vs_gptclf"):
-        if key in report:
-            lines.append(f"{key}: {report[key]:.4g}")
+        lines.append(f"| {method} | {r['dtype']} | {r['rows']} | {r['samples_per_s']:.1f} | {r['samples_per_cpu_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+    for key, value in report.items():
+        if key.startswith(("speedup_", "default_vs_", "max_prob_")):
+            lines.append(f"{key}: {value:.4g}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,11 @@ and number of optimizer steps:
   hf-pad-128         the same recipe with every row padded to 128 tokens (``padding="max_length"``)
   hf-length-grouped  the standard recipe with ``train_sampling_strategy="group_by_length"``
 
+With ``--dtype default`` (the default) each system runs as its users would run it: gptclf with
+its ``auto`` dtype (bf16 autocast where the hardware multiplies bf16 natively, else fp32) and the
+Trainer recipes with the Trainer's default, fp32. ``--dtype fp32`` or ``--dtype bf16`` puts every
+system on that dtype, for a comparison at equal precision.
+
 Each run is a subprocess, so the peak RSS it reports is its own. Each round rotates the order of
 the systems (A B C D, then B C D A, ...) so machine noise falls on all of them. Training time is
 the optimizer-step loop only, so model loading, tokenisation and validation are not timed.
@@ -33,7 +38,8 @@ Left out: the LoRA matrices (under 1% at r = 8), norms, softmax, the head and an
 
 "GFLOP/s" counts all processed tokens, real and pad (N and S over padded batches). "% of peak"
 counts only the work real tokens need (N = real tokens, S = sum of each row's length squared) and
-divides it by the fp32 (or bf16) ``torch.mm`` peak measured in the same invocation.
+divides it by the ``torch.mm`` peak of the dtype that system computed in, measured in the same
+invocation.
 
 Run ``python benchmarks/train_throughput.py --help`` for the options.
 """
@@ -71,6 +77,7 @@ PAD_TO_LENGTH = 128
 VALIDATION_BATCH_SIZE = 64
 MATMUL_SIZE = 2048
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ("default", *MATMUL_DTYPES)
 
 
 @dataclass
@@ -86,6 +93,7 @@ class RunSpec:
     batch_size: int
     seed: int
     dtype: str
+    """`auto`, `fp32` or `bf16`, as passed to this system."""
     threads: int
     max_length: int = PAD_TO_LENGTH
 
@@ -96,6 +104,8 @@ class RunResult:
 
     system: str
     round: int = 0
+    dtype: str = "fp32"
+    """The dtype the system computed in (`auto` resolved)."""
     seconds: float = 0.0
     """Wall time of the optimizer-step loop."""
     steps: int = 0
@@ -125,7 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--validation-rows", type=int, default=300, help="Validation rows, a seeded random subset of SST-2 validation (default 300).")
     parser.add_argument("--repeats", type=int, default=2, help="Rounds; each runs every system once, in rotated order (default 2).")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"Comma-separated systems to run (default all: {','.join(SYSTEMS)}).")
-    parser.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default="fp32", help="Compute dtype for every system and for the matmul peak (default fp32).")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="default", help="`default`: each system's own default (gptclf `auto`, the Trainer fp32); `fp32` or `bf16`: every system in that dtype (default: default).")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every run (default: torch's default here).")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the row subsets, initialisation, batch order and dropout (default 0).")
     parser.add_argument("--model", default=None, help="Base model folder (default: the embedded SmolLM2-135M, converted to safetensors).")
@@ -178,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs, peaks = run_rounds(base, systems, args.repeats, Path(workdir), args.verbose)
 
-    peak = max(peaks)
+    peak = {dtype: max(p[dtype] for p in peaks) for dtype in peaks[0]}
     summary = summarise(runs, flops, peak)
     settings = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
         "model": model, "rows": args.rows, "validation_rows": args.validation_rows, "steps": args.steps,
         "batch_size": args.batch_size, "repeats": args.repeats, "dtype": args.dtype, "threads": threads,
         "seed": args.seed, "device": device_name(), "matmul_peak_gflops": peak, "matmul_peaks_gflops": peaks,
+        "system_dtypes": {system: s["dtype"] for system, s in summary.items()},
         "flops": asdict(flops),
     }
     print(format_report(settings, summary))
@@ -228,15 +239,24 @@ def read_sst2(path: Path) -> list[tuple[str, int]]:
         return [(row["sentence"], int(row["label"])) for row in reader]
 
 
-def run_rounds(base: RunSpec, systems: list[str], repeats: int, workdir: Path, verbose: bool) -> tuple[list[RunResult], list[float]]:
-    """Run every system once per round in rotated order, measuring the matmul peak before each round."""
+def system_dtype(requested: str, system: str) -> str:
+    """The dtype passed to a system: `default` means gptclf's `auto` and the Trainer's fp32."""
+    if requested != "default":
+        return requested
+    return "auto" if system == "gptclf" else "fp32"
+
+
+def run_rounds(base: RunSpec, systems: list[str], repeats: int, workdir: Path, verbose: bool) -> tuple[list[RunResult], list[dict]]:
+    """Run every system once per round in rotated order, measuring the matmul peaks before each round."""
     runs, peaks = [], []
     for round_index in range(repeats):
-        peaks.append(measure_matmul_peak(base.dtype, MATMUL_SIZE))
+        peaks.append({dtype: measure_matmul_peak(dtype, MATMUL_SIZE) for dtype in MATMUL_DTYPES})
         order = rotated(systems, round_index)
-        log_progress(f"round {round_index + 1}/{repeats}: matmul peak {peaks[-1]:.0f} GFLOP/s; order {', '.join(order)}")
+        shown = ", ".join(f"{dtype} {gflops:.0f}" for dtype, gflops in peaks[-1].items())
+        log_progress(f"round {round_index + 1}/{repeats}: matmul peak GFLOP/s {shown}; order {', '.join(order)}")
         for system in order:
-            spec = RunSpec(**{**asdict(base), "system": system, "output_dir": str(workdir / f"{system}-{round_index}")})
+            spec = RunSpec(**{**asdict(base), "system": system, "dtype": system_dtype(base.dtype, system),
+                              "output_dir": str(workdir / f"{system}-{round_index}")})
             result = run_in_subprocess(spec, workdir, verbose)
             result.round = round_index
             runs.append(result)
@@ -358,8 +378,11 @@ def pad_fraction(processed: int, real: int) -> float:
     return (processed - real) / processed if processed else 0.0
 
 
-def summarise(runs: list[RunResult], flops: DecoderFlops, peak_gflops: float) -> dict[str, dict]:
-    """Per system: medians of the rates over rounds, overall padding, max RSS, mean accuracy."""
+def summarise(runs: list[RunResult], flops: DecoderFlops, peak_gflops: dict[str, float]) -> dict[str, dict]:
+    """Per system: medians of the rates over rounds, overall padding, max RSS, mean accuracy.
+
+    The share of peak divides by the matmul peak of the dtype the system computed in.
+    """
     summary = {}
     for system in dict.fromkeys(r.system for r in runs):
         own = [r for r in runs if r.system == system]
@@ -367,14 +390,17 @@ def summarise(runs: list[RunResult], flops: DecoderFlops, peak_gflops: float) ->
         real = sum(r.tokens_real for r in own)
         gflops = [flops.train_flops(r.tokens_processed, r.attention_processed) / r.seconds / 1e9 for r in own]
         useful = [flops.train_flops(r.tokens_real, r.attention_real) / r.seconds / 1e9 for r in own]
+        dtype = own[0].dtype
         summary[system] = {
+            "dtype": dtype,
             "samples_per_s": statistics.median(r.rows / r.seconds for r in own),
             "samples_per_s_each": [r.rows / r.seconds for r in own],
             "real_tokens_per_s": statistics.median(r.tokens_real / r.seconds for r in own),
             "pad_fraction": pad_fraction(processed, real),
             "gflops": statistics.median(gflops),
             "real_token_gflops": statistics.median(useful),
-            "share_of_peak": statistics.median(useful) / peak_gflops,
+            "share_of_peak": statistics.median(useful) / peak_gflops[dtype],
+            "share_of_fp32_peak": statistics.median(useful) / peak_gflops["fp32"],
             "peak_rss_mib": max(r.peak_rss_mib for r in own),
             "peak_gpu_mib": max((r.peak_gpu_mib for r in own if r.peak_gpu_mib is not None), default=None),
             "accuracy": statistics.mean(r.accuracy for r in own),
@@ -389,17 +415,18 @@ def format_report(settings: dict, summary: dict[str, dict]) -> str:
         f"Command: `{settings['command']}`",
         "",
         f"{settings['rows']} SST-2 training rows, batch {settings['batch_size']}, {settings['steps']} optimizer steps, "
-        f"{settings['dtype']}, {settings['threads']} threads on {settings['device']}, {settings['repeats']} "
+        f"dtype {settings['dtype']}, {settings['threads']} threads on {settings['device']}, {settings['repeats']} "
         f"round{'s' if settings['repeats'] > 1 else ''} (rates are medians over rounds); validation accuracy on {settings['validation_rows']} SST-2 validation rows; "
-        f"matmul peak {settings['matmul_peak_gflops']:.0f} GFLOP/s ({settings['dtype']} torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}).",
+        "matmul peak " + ", ".join(f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in settings["matmul_peak_gflops"].items())
+        + f" (torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}).",
         "",
-        "| system | train samples/s | real tokens/s | padding | GFLOP/s | real-token FLOPs, % of peak | peak RSS (MiB) | val accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | dtype | train samples/s | real tokens/s | padding | GFLOP/s | real-token FLOPs, % of its dtype's peak | % of fp32 peak | peak RSS (MiB) | val accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for system, s in summary.items():
         lines.append(
-            f"| {SYSTEM_TITLES[system]} | {s['samples_per_s']:.1f} | {s['real_tokens_per_s']:.0f} | {100 * s['pad_fraction']:.0f}% "
-            f"| {s['gflops']:.0f} | {100 * s['share_of_peak']:.0f}% | {s['peak_rss_mib']:.0f} | {s['accuracy']:.3f} |"
+            f"| {SYSTEM_TITLES[system]} | {s['dtype']} | {s['samples_per_s']:.1f} | {s['real_tokens_per_s']:.0f} | {100 * s['pad_fraction']:.0f}% "
+            f"| {s['gflops']:.0f} | {100 * s['share_of_peak']:.0f}% | {100 * s['share_of_fp32_peak']:.0f}% | {s['peak_rss_mib']:.0f} | {s['accuracy']:.3f} |"
         )
     if "gptclf" in summary and len(summary) > 1:
         ours = summary["gptclf"]
@@ -503,7 +530,7 @@ def measure_gptclf(spec: RunSpec, validation_texts: list[str], validation_labels
     """Train with ``gptclf.train`` (all defaults except steps, batch size, seed, dtype and model)."""
     import gptclf
     from gptclf.batching import encode
-    from gptclf.inference import score_ids
+    from gptclf.inference import resolve_dtype, score_ids
     from gptclf.model import GPTClassifier
 
     counter = TokenCounter()
@@ -517,10 +544,11 @@ def measure_gptclf(spec: RunSpec, validation_texts: list[str], validation_labels
     # NOTE: TrainResult.seconds would include evaluation passes if training validated, so this run
     # passes no validation file and scores the validation rows afterwards.
     result = counted_result(spec, counter, trained.seconds, trained.optimizer_steps)
+    result.dtype = resolve_dtype(spec.dtype, next(trained.model.parameters()).device)
 
     tokenizer = load_tokenizer(spec.model)
     ids = encode(tokenizer, validation_texts, spec.max_length).ids
-    logits = score_ids(trained.model, ids, tokenizer.pad_token_id, VALIDATION_BATCH_SIZE, spec.dtype)
+    logits = score_ids(trained.model, ids, tokenizer.pad_token_id, VALIDATION_BATCH_SIZE, result.dtype)
     result.accuracy = float((logits.argmax(axis=-1) == np.asarray(validation_labels)).mean())
     return result
 
@@ -552,6 +580,7 @@ def measure_hf_recipe(
     trainer.train()
     counter.detach()
     result = counted_result(spec, counter, clock.seconds, trainer.state.global_step)
+    result.dtype = spec.dtype
     result.accuracy = hf_accuracy(model, tokenizer, validation_texts, validation_labels, spec)
     return result
 

@@ -117,16 +117,31 @@ def test_report_shows_ratios_to_gptclf(bench):
         bench.RunResult("hf-standard", seconds=4.0, steps=2, rows=32, tokens_processed=800, tokens_real=380,
                         attention_processed=9000, attention_real=3600, accuracy=0.75, peak_rss_mib=600),
     ]
-    summary = bench.summarise(runs, flops, peak_gflops=1.0)
+    summary = bench.summarise(runs, flops, peak_gflops={"fp32": 1.0, "bf16": 2.0})
     assert summary["gptclf"]["samples_per_s"] == 16.0
     assert summary["hf-standard"]["pad_fraction"] == pytest.approx(420 / 800)
     settings = {
         "command": "python benchmarks/train_throughput.py --steps 2", "rows": 32, "batch_size": 16, "steps": 2,
-        "dtype": "fp32", "threads": 2, "device": "CPU", "repeats": 1, "validation_rows": 8, "matmul_peak_gflops": 1.0,
+        "dtype": "fp32", "threads": 2, "device": "CPU", "repeats": 1, "validation_rows": 8, "matmul_peak_gflops": {"fp32": 1.0, "bf16": 2.0},
     }
     report = bench.format_report(settings, summary)
-    assert "| gptclf (defaults) | 16.0 | 190 | 5% |" in report
+    assert "| gptclf (defaults) | fp32 | 16.0 | 190 | 5% |" in report
     assert "| HF Trainer, dynamic padding | 2.00x | 2.00x | +5.0 points |" in report
+
+
+def test_default_dtype_gives_each_system_its_own_default(bench):
+    assert bench.system_dtype("default", "gptclf") == "auto"
+    assert bench.system_dtype("default", "hf-standard") == "fp32"
+    assert bench.system_dtype("bf16", "hf-standard") == "bf16"
+
+
+def test_share_of_peak_uses_the_peak_of_each_systems_dtype(bench):
+    flops = bench.DecoderFlops(linear_weights=1000, layers=2, attention_width=8)
+    run = dict(seconds=1.0, steps=1, rows=4, tokens_processed=100, tokens_real=100, attention_processed=0, attention_real=0)
+    runs = [bench.RunResult("gptclf", dtype="bf16", **run), bench.RunResult("hf-standard", dtype="fp32", **run)]
+    summary = bench.summarise(runs, flops, peak_gflops={"fp32": 1e-3, "bf16": 2e-3})
+    assert summary["gptclf"]["share_of_peak"] == pytest.approx(summary["hf-standard"]["share_of_peak"] / 2)
+    assert summary["gptclf"]["share_of_fp32_peak"] == pytest.approx(summary["hf-standard"]["share_of_fp32_peak"])
 
 
 def test_missing_data_skips_with_message(bench, tmp_path, capsys):
@@ -156,4 +171,5 @@ def test_script_runs_end_to_end(bench, base_models, tmp_path, capsys, monkeypatc
     saved = json.loads(out.read_text())
     assert [run["system"] for run in saved["runs"]] == ["gptclf"]
     assert saved["runs"][0]["rows"] == 8
-    assert saved["settings"]["matmul_peak_gflops"] > 0
+    assert saved["settings"]["matmul_peak_gflops"]["fp32"] > 0
+    assert saved["runs"][0]["dtype"] in ("fp32", "bf16")  # gptclf's auto, resolved on this machine

@@ -15,6 +15,7 @@ from gptclf.check import (
     CheckFailedError, check_accuracy, check_after_training, check_class_distribution, check_determinism,
     check_pad_token, check_prediction_columns, check_reload_equality, check_truncation, rebuild_initial_head, run_checks,
 )
+from gptclf import check
 from gptclf.checkpoint import read_meta
 from gptclf.cli import main
 from gptclf.model import build_classifier
@@ -110,6 +111,25 @@ def test_last_position_pooling_fails_padding(copy_of, arch, monkeypatch):
     assert "right-padded" in rows[PADDING].message
     assert rows[PAD_VALUE].status == FAIL
     assert rows[HEAD].status == PASS
+
+
+def test_bf16_padding_change_absent_in_fp32_is_a_rounding_warning(train_once, monkeypatch):
+    folder, _ = train_once("llama")
+    # A negative bf16 tolerance makes any bf16 result fail, so the fp32 re-check decides.
+    monkeypatch.setitem(check.PADDING_TOLERANCE, "bf16", -1.0)
+    rows = _rows(run_checks(folder, quick=True, dtype="bf16"))
+    assert rows[PADDING].status == WARN
+    assert "pooling is right and the change is rounding" in rows[PADDING].message
+    assert "--dtype fp32" in rows[PADDING].message
+
+
+def test_last_position_pooling_fails_padding_under_bf16_too(copy_of, monkeypatch):
+    folder, _ = copy_of("llama")
+    monkeypatch.setitem(POOLERS, "last", lambda hidden, mask: hidden[:, -1])
+    monkeypatch.setitem(check.PADDING_TOLERANCE, "bf16", -1.0)
+    rows = _rows(run_checks(folder, quick=True, dtype="bf16"))
+    assert rows[PADDING].status == FAIL
+    assert "pad positions" in rows[PADDING].message
 
 
 def test_reinitialised_head_fails_head_row(copy_of, base_models):

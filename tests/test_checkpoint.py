@@ -43,7 +43,7 @@ def test_reload_in_fresh_process_gives_identical_logits(trained):
     folder, result = trained
     tokenizer = Classifier.load(folder).tokenizer
     in_memory = score_ids(result.model, encode(tokenizer, TEXTS, 128).ids, tokenizer.pad_token_id)
-    reloaded = _fresh_process_logits(folder)
+    reloaded = _fresh_process_logits(folder, extra=", dtype='fp32'")
     np.testing.assert_allclose(reloaded, in_memory, atol=1e-6, rtol=0)
 
 

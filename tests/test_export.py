@@ -47,7 +47,7 @@ def exported(trained):
 def _fresh_process_logits(folder):
     code = (
         "import json, sys; from gptclf import Classifier; "
-        "c = Classifier.load(sys.argv[1]); "
+        "c = Classifier.load(sys.argv[1], dtype='fp32'); "
         "print(json.dumps(c.logits(json.loads(sys.argv[2])).tolist()))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(folder), json.dumps(TEXTS)], capture_output=True, text=True, timeout=300)

@@ -44,7 +44,7 @@ def train_file(tmp_path):
 
 def _options(base_model, train_file, out, **extra):
     options = dict(train=str(train_file), output=str(out), model=str(base_model), max_steps=8, batch_size=4,
-                   lr=2e-2, lora_r=4, lora_dropout=0.1, seed=3)
+                   lr=2e-2, lora_r=4, lora_dropout=0.1, seed=3, dtype="fp32")
     options.update(extra)
     return options
 
@@ -178,7 +178,7 @@ def _run_ranks(tmp_path, base_model, train_file, processes: int, batch_size: int
     dump = tmp_path / f"dump-{name}"
     dump.mkdir()
     options = [f"train={train_file}", f"output={tmp_path / name}", f"model={base_model}", "max_steps=4",
-               f"batch_size={batch_size}", "lr=0.02", "lora_r=4", "lora_dropout=0.0", "seed=3"]
+               f"batch_size={batch_size}", "lr=0.02", "lora_r=4", "lora_dropout=0.0", "seed=3", "dtype=fp32"]
     worker = str(Path(__file__).with_name("ddp_worker.py"))
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", worker, str(dump), *options]

@@ -27,8 +27,27 @@ def autocast_context(device: torch.device, dtype_name: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype_name])
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
+
+    Without those instructions bf16 is emulated and slower than fp32, so `auto` keeps fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> str:
-    """Turn `auto` into `bf16` on CUDA GPUs that support it, else `fp32`; reject unsupported bf16."""
+    """Turn `auto` into `bf16` where the hardware multiplies bf16 natively, else `fp32`.
+
+    That is CUDA GPUs that support bf16 and CPUs with AVX-512 BF16 or AMX. Unsupported bf16 is rejected.
+    """
     if name not in ("auto", *DTYPES):
         raise ConfigError([f"--dtype must be auto, fp32 or bf16, got {name!r}"])
     bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -37,6 +56,8 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
 
