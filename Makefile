@@ -14,7 +14,7 @@ BENCH_TRAIN_ARGS ?=
 # Classifier scored by bench-predict; the README's SST-2 training command writes runs/sst2.
 BENCH_CLASSIFIER ?= runs/sst2
 
-.PHONY: venv demo test bench bench-train bench-predict clean
+.PHONY: venv demo test bench bench-train bench-steps bench-predict clean
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ bench: bench-train bench-predict
 # gptclf against the Hugging Face Trainer recipes on SST-2; about 10 minutes on 2 CPU cores.
 bench-train: venv
 	$(BIN)/python benchmarks/train_throughput.py --json-out runs/bench/train_throughput.json $(BENCH_TRAIN_ARGS)
+
+# What each speed option (bf16, LoRA dropout, attention kernel, --lora-layers, torch.compile)
+# buys per training step; about 10 minutes, most of it compiling. Not part of `make bench`.
+bench-steps: venv
+	$(BIN)/python benchmarks/train_step_options.py --repeats 1 \
+		--variants fp32,bf16,bf16-no-dropout,bf16-math-sdpa,bf16-eager-attn,bf16-layers-15,bf16-layers-4,bf16-compile
 
 # Prediction and serving throughput on the SST-2 validation texts; skipped with a message when
 # ../shared/data/sst2 or the classifier is missing. Takes several minutes on 2 CPU cores.

@@ -240,7 +240,7 @@ def read_sst2(path: Path) -> list[tuple[str, int]]:
 
 
 def system_dtype(requested: str, system: str) -> str:
-    """The dtype passed to a system: `default` means gptclf's `auto` and the Trainer's fp32."""
+    """Return the dtype passed to a system: `default` means gptclf's `auto` and the Trainer's fp32."""
     if requested != "default":
         return requested
     return "auto" if system == "gptclf" else "fp32"

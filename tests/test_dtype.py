@@ -27,3 +27,4 @@ def test_unknown_dtype_is_rejected_with_the_choices():
 
 def test_cpu_flag_reader_returns_a_bool():
     assert isinstance(inference.cpu_has_native_bf16(), bool)
+

@@ -208,3 +208,14 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path, base_models, t
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"{name} differs between ranks"
         torch.testing.assert_close(rank0[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, base_models, train_file):
+    options = dict(max_steps=3, lora_dropout=0.0)
+    eager = train(**_options(base_models["llama"], train_file, tmp_path / "eager", **options))
+    compiled = train(**_options(base_models["llama"], train_file, tmp_path / "compiled", compile=True, **options))
+    _assert_same_weights(tmp_path / "eager", tmp_path / "compiled", atol=1e-5)
+    # The returned model runs eagerly again, so scoring it does not compile a second time.
+    assert compiled.model.backbone._compiled_call_impl is None
+    assert eager.optimizer_steps == compiled.optimizer_steps == 3

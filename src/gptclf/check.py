@@ -363,14 +363,14 @@ def check_padding_invariance(
 def _worst_padding_change(
     classifier: Classifier, ids: list[list[int]], layouts: dict[tuple[str, int], np.ndarray]
 ) -> tuple[float, int, str]:
-    """Largest probability change between a probe scored alone and in any padded layout."""
+    """Return the largest probability change between a probe scored alone and in any padded layout."""
     pad_id = classifier.tokenizer.pad_token_id
     alone = np.concatenate([_probabilities(classifier, [x], "right", 0, pad_id) for x in ids])  # (n, C)
     return max(_worst_row(batched, alone, _layout(side, extra)) for (side, extra), batched in layouts.items())
 
 
 def _fp32_padding_change(classifier: Classifier, ids: list[list[int]], batch_size: int) -> float:
-    """The padding check's largest change with autocast off."""
+    """Return the padding check's largest change with autocast off."""
     dtype = classifier.dtype
     classifier.dtype = "fp32"
     try:

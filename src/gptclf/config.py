@@ -63,6 +63,7 @@ class OptimConfig:
     eval_every: int | None = setting(None, "Also evaluate on --validation every this many optimizer steps.")
     patience: int | None = setting(None, "Stop after this many evaluations without a better validation accuracy.")
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward (non-reentrant) to save memory at some speed cost.")
+    compile: bool = setting(False, "Compile the backbone's training forward and backward with torch.compile (dynamic shapes); compiling takes minutes, so it pays off only on long runs.")
     eval_batch_size: int = setting(64, "Rows per forward pass when evaluating.")
     class_weights: str | None = setting(None, "Loss weight per class: `auto` (inverse class frequency, n / (C * count)) or comma-separated numbers in label order; unset weighs every class 1.")
     calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier (--no-calibrate to skip).")

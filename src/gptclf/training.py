@@ -208,6 +208,9 @@ def run_training(
     params = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = warmup_linear_decay(optimizer, total_steps, optim.warmup_ratio)
+    if optim.compile:
+        # NOTE: compiled training is measured on one CPU process only, not under DDP or on GPUs.
+        classifier.backbone.compile(dynamic=True)
     model = engine.prepare(classifier)
     log.info(
         "training: %d optimizer steps of %d micro-batch(es) x %d rows x %d process(es) (%.2f epochs), dtype %s, device %s",
@@ -291,6 +294,10 @@ def run_training(
             if stop or epoch_done:
                 break
     progress.close()
+    if optim.compile:
+        # Module.compile has no public undo. Clearing its compiled call makes the returned model
+        # eager again, so that scoring it does not compile a second, inference-mode graph.
+        classifier.backbone._compiled_call_impl = None
 
     result = TrainResult(output=Path(config.output), best_metrics=state.best_metrics, history=state.history)
     result.optimizer_steps = state.optimizer_step
@@ -389,7 +396,9 @@ def _evaluate_and_save(
     stop without communicating. Only the main process writes.
     """
     classifier.eval()
-    logits = score_ids(classifier, val_enc.ids, pad_id, config.optim.eval_batch_size, dtype_name)
+    # A compiled backbone would compile again for inference mode; evaluation runs eagerly instead.
+    with torch.compiler.set_stance("force_eager"):
+        logits = score_ids(classifier, val_enc.ids, pad_id, config.optim.eval_batch_size, dtype_name)
     classifier.train()
     targets = data.validation_labels
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)))
