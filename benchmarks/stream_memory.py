@@ -1,9 +1,9 @@
 """Peak memory of `gptclf predict --input` as the input file grows.
 
-Trains the tiny two-layer Llama classifier the tests use (no download, seconds), writes JSONL
-files of the requested row counts (each row carries a 200-character extra column), and scores
-each with the `gptclf predict` command in its own process, one torch thread, fp32. Reports rows,
-file size, time, the rows in the output and the process's peak RSS.
+Trains the tiny two-layer Llama classifier the tests use, which needs no download and takes
+seconds. Then writes a JSONL file per requested row count, each row with a 200-character extra
+column, and scores it with the `gptclf predict` command in its own process (one torch thread,
+fp32). Reports rows, file size, time, the rows in the output and that process's peak RSS.
 
     python benchmarks/stream_memory.py 100000 1000000
 """
