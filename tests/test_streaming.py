@@ -54,6 +54,16 @@ def test_chunked_predictions_keep_input_order(classifier, tmp_path, source_suffi
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_jsonl_output_keeps_json_value_types(classifier, tmp_path):
+    source = tmp_path / "input.jsonl"
+    rows = [{"id": 1, "text": "the film was good", "score": 2.5, "tags": ["a"]}, {"id": None, "text": "dull", "score": 3, "tags": []}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    target = tmp_path / "out.jsonl"
+    predict_file(classifier, source, target, progress=False)
+    written = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    assert [{k: w[k] for k in ("id", "text", "score", "tags")} for w in written] == rows
+
+
 def test_blank_text_in_later_chunk_rejected(classifier, tmp_path):
     rows = sentiment_rows(20, seed=4)
     rows[16] = ("   ", "positive")

@@ -694,7 +694,7 @@ def check_class_distribution(predictions: np.ndarray, targets: np.ndarray | None
     top = int(counts.argmax())
     share = counts[top] / len(predictions)
     measured = f"{share:.1%} predicted {labels[top]!r}"
-    limit = f"≤ {MAX_ONE_CLASS_SHARE:.0%} in one class unless labels are"
+    limit = f"≤ {MAX_ONE_CLASS_SHARE:.0%} in one class, unless the labels are as skewed"
     if share <= MAX_ONE_CLASS_SHARE:
         return CheckResult(DISTRIBUTION, PASS, measured, limit)
     if targets is None:

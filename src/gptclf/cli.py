@@ -22,7 +22,13 @@ TRAIN_GROUPS = (("data", DataConfig), ("model", ModelConfig), ("optimisation", O
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "predict" and not any(value.startswith("-") for value in extra):
+        # argparse stops filling the TEXT list at the first option, so texts given after an
+        # option (`predict DIR --dtype fp32 "text"`) arrive here; they are texts all the same.
+        args.texts = [*args.texts, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
     try:
         return args.run(args)
@@ -171,6 +177,8 @@ def _add_setting(group, f: dataclasses.Field) -> None:
     if f.type in (bool, "bool"):
         # A setting that is on by default gets a --no-NAME flag; None means the flag was not given.
         name = flag(f.name) if not f.default else "--no-" + flag(f.name)[2:]
+        if f.default:
+            help_text = f"Turn off: {help_text[0].lower()}{help_text[1:]}"
         group.add_argument(name, dest=f.name, action="store_const", const=not f.default, default=None, help=help_text)
         return
     default = f.default if f.default is not dataclasses.MISSING else None

@@ -66,7 +66,7 @@ class OptimConfig:
     compile: bool = setting(False, "Compile the backbone's training forward and backward with torch.compile (dynamic shapes); compiling takes minutes, so it pays off only on long runs.")
     eval_batch_size: int = setting(64, "Rows per forward pass when evaluating.")
     class_weights: str | None = setting(None, "Loss weight per class: `auto` (inverse class frequency, n / (C * count)) or comma-separated numbers in label order; unset weighs every class 1.")
-    calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier (--no-calibrate to skip).")
+    calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier; on by default.")
     seed: int = setting(0, "Seed for the head initialisation, the subset, the batch order and dropout.")
     dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 where the hardware multiplies bf16 natively: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX; else fp32), `fp32` or `bf16`; trainable weights stay fp32.")
 

@@ -137,7 +137,9 @@ class Classifier:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(target)
         model.eval()
-        return cls(model, tokenizer, meta, resolve_dtype(dtype, target))
+        resolved = resolve_dtype(dtype, target)
+        log.info("scoring on %s in %s%s", target, resolved, " (--dtype auto)" if dtype == "auto" else "")
+        return cls(model, tokenizer, meta, resolved)
 
     @property
     def labels(self) -> list[str]:

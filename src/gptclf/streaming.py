@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -120,14 +121,20 @@ def read_chunks(path: str | Path, text_column: str | None = None, chunk_rows: in
             column = resolve_column(Table(path, frame, first_line), text_column, TEXT_COLUMN_CANDIDATES, "text", "--text-column")
         else:
             frame = _align_columns(path, frame, columns)
-        blank = _blank_rows(frame[column])
+        texts = _as_text(frame[column])
+        blank = _blank_rows(texts)
         if len(blank):
             raise DataError(
                 f"{path}: empty or missing text in column {column!r} at {Table(path, frame, first_line).where(blank + offset)}; "
                 "fill in or remove those rows"
             )
         offset += len(frame)
-        yield Chunk(frame.reset_index(drop=True), frame[column].tolist())
+        yield Chunk(frame.reset_index(drop=True), texts.tolist())
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Text column as strings, missing values as None; JSONL may hold numbers there."""
+    return series.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
 
 
 def _align_columns(path: Path, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -225,10 +232,9 @@ def _jsonl_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 
 def _records_frame(records: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records)
-    for column in frame.columns:
-        frame[column] = frame[column].map(lambda v: None if v is None else str(v))
-    return frame
+    # Values keep their JSON types, so the output writes an integer id back as an integer.
+    # object dtype keeps each value as parsed: an integer column with a null stays integers.
+    return pd.DataFrame(records, dtype=object)
 
 
 def _parquet_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
