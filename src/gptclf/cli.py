@@ -184,7 +184,9 @@ def _add_setting(group, f: dataclasses.Field) -> None:
     default = f.default if f.default is not dataclasses.MISSING else None
     shown = f" (default: {default})" if default is not None else ""
     # Values are parsed as text and converted later, so every bad flag is reported at once.
-    group.add_argument(flag(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=help_text + shown)
+    choices = f.metadata.get("choices")
+    metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+    group.add_argument(flag(f.name), dest=f.name, default=None, metavar=metavar, help=help_text + shown)
 
 
 def _convert(name: str, value: str, kind: Any) -> Any:

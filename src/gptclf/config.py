@@ -18,9 +18,13 @@ POOLING_CHOICES = ("last", "mean")
 TOP_LEVEL_SETTINGS = ("output", "overwrite", "save_every", "keep_checkpoints", "resume", "report_to")
 
 
-def setting(default: Any, help: str) -> Any:
-    """Declare a settings field with its one-line help, shown by ``--help`` and in the docs."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a settings field with its one-line help, shown by ``--help`` and in the docs.
+
+    ``choices`` only shows the allowed values in ``--help``; ``validate`` checks them, so that
+    every bad flag is reported at once.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 def flag(name: str) -> str:
@@ -30,7 +34,7 @@ def flag(name: str) -> str:
 
 @dataclass
 class DataConfig:
-    train: str | None = setting(None, "Labelled training file (CSV, TSV, JSONL or Parquet).")
+    train: str | None = setting(None, "Labelled training file (CSV, TSV, JSONL or Parquet); required unless --resume.")
     validation: str | None = setting(None, "Labelled validation file, scored each epoch; the best-scoring checkpoint is kept.")
     text_column: str | None = setting(None, "Column with the text; detected from `text` or `sentence` when unset.")
     label_column: str | None = setting(None, "Column with the label; `label` when unset.")
@@ -42,7 +46,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     model: str | None = setting(None, "Base model: hub id, local folder, .gguf file, or unset for the embedded SmolLM2-135M-Instruct.")
-    pooling: str = setting("last", "How the head reads the sequence: `last` real token or `mean` over real tokens.")
+    pooling: str = setting("last", "How the head reads the sequence: `last` real token or `mean` over real tokens.", POOLING_CHOICES)
     lora_r: int = setting(8, "LoRA rank r.")
     lora_alpha: float = setting(16.0, "LoRA alpha; the update is scaled by alpha / r.")
     lora_dropout: float = setting(0.05, "Dropout on the LoRA input path during training.")
@@ -68,7 +72,7 @@ class OptimConfig:
     class_weights: str | None = setting(None, "Loss weight per class: `auto` (inverse class frequency, n / (C * count)) or comma-separated numbers in label order; unset weighs every class 1.")
     calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier; on by default.")
     seed: int = setting(0, "Seed for the head initialisation, the subset, the batch order and dropout.")
-    dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 where the hardware multiplies bf16 natively: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX; else fp32), `fp32` or `bf16`; trainable weights stay fp32.")
+    dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 where the hardware multiplies bf16 natively: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX; else fp32), `fp32` or `bf16`; trainable weights stay fp32.", ("auto", "fp32", "bf16"))
 
 
 @dataclass

@@ -65,7 +65,7 @@ def predict_file(
         raise
     finally:
         bar.close()
-    log.info("wrote %d predictions to %s", written, output_path)
+    log.debug("wrote %d predictions to %s", written, output_path)  # the CLI prints the same line
     return written
 
 
