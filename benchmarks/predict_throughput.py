@@ -148,6 +148,7 @@ def load_method(method: str, folder: str, batch_size: int):
 
 
 def _tagged(score, dtype: str):
+    """Attach to a scoring function the dtype it computes in, for the report."""
     score.dtype = dtype
     return score
 
@@ -212,12 +213,13 @@ def summarise(results: dict, args, n_texts: int) -> dict:
     pairs = {
         "speedup_vs_pipeline": ("gptclf", "pipeline"),  # each with its defaults
         "speedup_vs_pipeline_fp32_both": ("gptclf-fp32", "pipeline"),
-        "speedup_vs_pipeline_bf16_both": ("gptclf", "pipeline-bf16"),
         "speedup_vs_one_at_a_time": ("gptclf", "one-at-a-time"),
     }
-    for key, (a, b) in pairs.items():
-        if a in speed and b in speed and (key != "speedup_vs_pipeline_bf16_both" or results[a]["dtype"] == "bf16"):
-            report[key] = speed[a] / speed[b]
+    if results.get("gptclf", {}).get("dtype") == "bf16":
+        pairs["speedup_vs_pipeline_bf16_both"] = ("gptclf", "pipeline-bf16")
+    for key, (ours, theirs) in pairs.items():
+        if ours in speed and theirs in speed:
+            report[key] = speed[ours] / speed[theirs]
     if "gptclf-fp32" in probs and "pipeline" in probs:
         report["max_prob_diff_pipeline_vs_gptclf_fp32"] = float(np.abs(probs["pipeline"] - probs["gptclf-fp32"]).max())
     if "gptclf" in probs and "gptclf-fp32" in probs and results["gptclf"]["dtype"] != "fp32":

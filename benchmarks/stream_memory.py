@@ -59,7 +59,7 @@ def write_rows(path: Path, count: int) -> Path:
 
 
 def measure(command: str, classifier: Path, source: Path, target: Path, count: int) -> str:
-    """Score one file in a child process; return a table row."""
+    """Score one file in a child process and return its table row."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     log = target.with_suffix(".log")
     start = time.perf_counter()

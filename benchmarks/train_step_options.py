@@ -4,14 +4,14 @@ Every variant builds the same classifier: the embedded SmolLM2-135M with gptclf'
 Each draws the same length-grouped batches of SST-2 training rows and runs the same forward,
 backward and AdamW step. Only the option named changes:
 
-  fp32            no autocast
-  bf16            bf16 autocast, gptclf's `auto` on CPUs with AVX-512 BF16 and on bf16 GPUs
-  bf16-no-dropout bf16 with LoRA dropout 0 instead of 0.05
-  bf16-math-sdpa  bf16 with the plain-math SDPA kernel instead of the fused one
-  bf16-eager-attn bf16 with transformers' eager attention instead of SDPA
-  bf16-layers-N   bf16 with LoRA on the top N decoder layers only (--lora-layers N)
-  bf16-compile    bf16 with the backbone compiled by torch.compile (dynamic shapes); compile
-                  time is reported apart and not counted in the rate
+- fp32: no autocast.
+- bf16: bf16 autocast, which gptclf's `auto` picks on CPUs with AVX-512 BF16 and on bf16 GPUs.
+- bf16-no-dropout: bf16 with LoRA dropout 0 instead of 0.05.
+- bf16-math-sdpa: bf16 with the plain-math SDPA kernel instead of the fused one.
+- bf16-eager-attn: bf16 with transformers' eager attention instead of SDPA.
+- bf16-layers-N: bf16 with LoRA on the top N decoder layers only (--lora-layers N).
+- bf16-compile: bf16 with the backbone compiled by torch.compile (dynamic shapes). The compile
+  time is reported separately and not counted in the rate.
 
 Each variant runs in its own subprocess, and rounds rotate the order so machine noise falls on
 all of them. The timed steps follow two warm-up steps. Rates are medians over rounds.
@@ -109,7 +109,7 @@ def run_variant(variant: str, args) -> dict:
     batches = length_grouped_batches(lengths, args.batch_size, np.random.default_rng(0))
     needed = WARMUP_STEPS + args.steps
     if len(batches) < needed:
-        raise SystemExit(f"--rows {args.rows} gives {len(batches)} batches; {needed} are needed")
+        raise SystemExit(f"--rows {args.rows} gives only {len(batches)} batches, but warm-up plus --steps needs {needed}; raise --rows or lower --steps")
     labels = torch.as_tensor(labels)
     params = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3)

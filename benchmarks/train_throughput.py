@@ -252,8 +252,8 @@ def run_rounds(base: RunSpec, systems: list[str], repeats: int, workdir: Path, v
     for round_index in range(repeats):
         peaks.append({dtype: measure_matmul_peak(dtype, MATMUL_SIZE) for dtype in MATMUL_DTYPES})
         order = rotated(systems, round_index)
-        shown = ", ".join(f"{dtype} {gflops:.0f}" for dtype, gflops in peaks[-1].items())
-        log_progress(f"round {round_index + 1}/{repeats}: matmul peak GFLOP/s {shown}; order {', '.join(order)}")
+        peak_text = ", ".join(f"{dtype} {gflops:.0f}" for dtype, gflops in peaks[-1].items())
+        log_progress(f"round {round_index + 1}/{repeats}: matmul peak GFLOP/s {peak_text}, order {', '.join(order)}")
         for system in order:
             spec = RunSpec(**{**asdict(base), "system": system, "dtype": system_dtype(base.dtype, system),
                               "output_dir": str(workdir / f"{system}-{round_index}")})

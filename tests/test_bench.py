@@ -129,13 +129,13 @@ def test_report_shows_ratios_to_gptclf(bench):
     assert "| HF Trainer, dynamic padding | 2.00x | 2.00x | +5.0 points |" in report
 
 
-def test_default_dtype_gives_each_system_its_own_default(bench):
+def test_default_dtype_per_system(bench):
     assert bench.system_dtype("default", "gptclf") == "auto"
     assert bench.system_dtype("default", "hf-standard") == "fp32"
     assert bench.system_dtype("bf16", "hf-standard") == "bf16"
 
 
-def test_share_of_peak_uses_the_peak_of_each_systems_dtype(bench):
+def test_peak_share_per_dtype(bench):
     flops = bench.DecoderFlops(linear_weights=1000, layers=2, attention_width=8)
     run = dict(seconds=1.0, steps=1, rows=4, tokens_processed=100, tokens_real=100, attention_processed=0, attention_real=0)
     runs = [bench.RunResult("gptclf", dtype="bf16", **run), bench.RunResult("hf-standard", dtype="fp32", **run)]

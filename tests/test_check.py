@@ -113,7 +113,7 @@ def test_last_position_pooling_fails_padding(copy_of, arch, monkeypatch):
     assert rows[HEAD].status == PASS
 
 
-def test_bf16_padding_change_absent_in_fp32_is_a_rounding_warning(train_once, monkeypatch):
+def test_bf16_rounding_padding_warns(train_once, monkeypatch):
     folder, _ = train_once("llama")
     # A negative bf16 tolerance makes any bf16 result fail, so the fp32 re-check decides.
     monkeypatch.setitem(check.PADDING_TOLERANCE, "bf16", -1.0)
@@ -123,7 +123,7 @@ def test_bf16_padding_change_absent_in_fp32_is_a_rounding_warning(train_once, mo
     assert "--dtype fp32" in rows[PADDING].message
 
 
-def test_last_position_pooling_fails_padding_under_bf16_too(copy_of, monkeypatch):
+def test_last_position_pooling_fails_bf16(copy_of, monkeypatch):
     folder, _ = copy_of("llama")
     monkeypatch.setitem(POOLERS, "last", lambda hidden, mask: hidden[:, -1])
     monkeypatch.setitem(check.PADDING_TOLERANCE, "bf16", -1.0)

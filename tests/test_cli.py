@@ -66,14 +66,14 @@ def test_predict_command_prints_texts(trained_cli, capsys):
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_predict_takes_texts_after_an_option(trained_cli, capsys):
+def test_predict_texts_after_option(trained_cli, capsys):
     out, _ = trained_cli
     assert main(["predict", str(out), "--dtype", "fp32", "the film was great", "the food was awful"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["text"] for r in lines] == ["the film was great", "the food was awful"]
 
 
-def test_unknown_option_is_still_rejected(trained_cli, capsys):
+def test_unknown_option_rejected(trained_cli, capsys):
     out, _ = trained_cli
     with pytest.raises(SystemExit):
         main(["predict", str(out), "the film was great", "--bogus"])

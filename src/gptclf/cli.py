@@ -12,7 +12,7 @@ import warnings
 from typing import Any, Sequence
 
 from . import __version__
-from .config import DataConfig, ModelConfig, OptimConfig, ServeConfig, TrainConfig, flag
+from .config import DTYPE_CHOICES, DataConfig, ModelConfig, OptimConfig, ServeConfig, TrainConfig, flag
 from .errors import ConfigError, GptclfError
 
 log = logging.getLogger("gptclf")
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "predict" and not any(value.startswith("-") for value in extra):
         # argparse stops filling the TEXT list at the first option, so texts given after an
-        # option (`predict DIR --dtype fp32 "text"`) arrive here; they are texts all the same.
+        # option (`predict DIR --dtype fp32 "text"`) arrive here. They are texts all the same.
         args.texts = [*args.texts, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -54,13 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=run_train)
 
     evaluate = commands.add_parser("evaluate", help="Report metrics of a classifier on a labelled file.")
-    evaluate.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    _add_classifier_argument(evaluate)
     evaluate.add_argument("--data", required=True, help="Labelled CSV, TSV, JSONL or Parquet file.")
     evaluate.add_argument("--json-out", help="Also write the metrics as JSON to this file.")
     evaluate.add_argument("--report", metavar="OUTDIR", help="Write metrics.json, figures, report.html and misclassified.csv to this folder.")
     _add_threshold_option(evaluate)
-    _add_scoring_options(evaluate)
-    evaluate.add_argument("--label-column", help="Column with the label; `label` when unset.")
+    _add_scoring_options(evaluate, labelled=True)
     evaluate.set_defaults(run=run_evaluate)
 
     tune = commands.add_parser(
@@ -68,12 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Choose the threshold on the calibrated probability of the second label that maximises "
         "--metric on labelled data, and store it in the classifier; predict and evaluate then use it.",
     )
-    tune.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    _add_classifier_argument(tune)
     tune.add_argument("--data", required=True, help="Labelled held-out file (CSV, TSV, JSONL or Parquet), for example the validation file.")
     tune.add_argument("--metric", default="f1", help="f1 (default), precision@R (best precision with recall >= R) or recall@P (best recall with precision >= P); R and P are fractions such as 0.9.")
     tune.add_argument("--dry-run", action="store_true", help="Print the chosen threshold without storing it.")
-    _add_scoring_options(tune)
-    tune.add_argument("--label-column", help="Column with the label; `label` when unset.")
+    _add_scoring_options(tune, labelled=True)
     tune.set_defaults(run=run_tune_threshold)
 
     calibrate = commands.add_parser(
@@ -81,14 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the temperature that minimises the log loss on labelled held-out data and store it in "
         "the classifier. Training does this on --validation unless --no-calibrate is given.",
     )
-    calibrate.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    _add_classifier_argument(calibrate)
     calibrate.add_argument("--data", required=True, help="Labelled held-out file (CSV, TSV, JSONL or Parquet), for example the validation file.")
-    _add_scoring_options(calibrate)
-    calibrate.add_argument("--label-column", help="Column with the label; `label` when unset.")
+    _add_scoring_options(calibrate, labelled=True)
     calibrate.set_defaults(run=run_calibrate)
 
     predict = commands.add_parser("predict", help="Predict labels for texts or for a file.")
-    predict.add_argument("classifier", help="Classifier folder written by `gptclf train`.")
+    _add_classifier_argument(predict)
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="Texts to classify.")
     predict.add_argument("--input", help="File of texts (CSV, TSV, JSONL or Parquet).")
     predict.add_argument("--output", help="Write predictions here (.csv or .jsonl); needs --input.")
@@ -109,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=run_export)
 
     serve = commands.add_parser("serve", help="Serve a classifier over HTTP (needs the `serve` extra: FastAPI and uvicorn).")
-    serve.add_argument("classifier", help="Classifier folder written by `gptclf train` or `gptclf export`.")
+    _add_classifier_argument(serve)
     for f in dataclasses.fields(ServeConfig):
         _add_typed_setting(serve, f)
     serve.add_argument("--base-model", help="Load the base model from here instead of the recorded location.")
-    serve.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="Autocast dtype for scoring (default auto).")
+    serve.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="Autocast dtype for scoring (default auto).")
     serve.set_defaults(run=run_serve)
 
     check = commands.add_parser(
@@ -123,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "identity, tokenizer and labels, determinism and, with --data, truncation, class distribution and accuracy. "
         "Prints one row per check and exits 1 when any check fails.",
     )
-    check.add_argument("classifier", help="Classifier folder written by `gptclf train` or `gptclf export`.")
+    _add_classifier_argument(check)
     check.add_argument("--data", help="CSV, TSV, JSONL or Parquet file; adds the data rows, and labels (when present) add accuracy.")
     check.add_argument("--json-out", help="Also write the report as JSON to this file.")
     check.add_argument("--probe-rows", type=int, default=32, help="Texts from --data added to the padding probes (default 32).")
@@ -165,11 +162,17 @@ def _check_binary(classifier, args: argparse.Namespace) -> None:
         raise ConfigError([f"--threshold applies to binary classifiers only; {args.classifier} has {len(classifier.labels)} labels"])
 
 
-def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+def _add_classifier_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("classifier", help="Classifier folder written by `gptclf train` or `gptclf export`.")
+
+
+def _add_scoring_options(parser: argparse.ArgumentParser, labelled: bool = False) -> None:
     parser.add_argument("--text-column", help="Column with the text; detected from `text` or `sentence` when unset.")
     parser.add_argument("--batch-size", type=int, default=64, help="Texts per forward pass (default 64).")
     parser.add_argument("--base-model", help="Load the base model from here instead of the recorded location.")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="Autocast dtype for scoring (default auto).")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="Autocast dtype for scoring (default auto).")
+    if labelled:
+        parser.add_argument("--label-column", help="Column with the label; `label` when unset.")
 
 
 def _add_setting(group, f: dataclasses.Field) -> None:
@@ -178,7 +181,7 @@ def _add_setting(group, f: dataclasses.Field) -> None:
         # A setting that is on by default gets a --no-NAME flag; None means the flag was not given.
         name = flag(f.name) if not f.default else "--no-" + flag(f.name)[2:]
         if f.default:
-            help_text = f"Turn off: {help_text[0].lower()}{help_text[1:]}"
+            help_text += " On by default; this flag turns it off."
         group.add_argument(name, dest=f.name, action="store_const", const=not f.default, default=None, help=help_text)
         return
     default = f.default if f.default is not dataclasses.MISSING else None

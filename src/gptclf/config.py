@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .imbalance import parse_class_weights
 
 POOLING_CHOICES = ("last", "mean")
+DTYPE_CHOICES = ("auto", "fp32", "bf16")
 # TrainConfig's own settings, outside the data, model and optim groups.
 TOP_LEVEL_SETTINGS = ("output", "overwrite", "save_every", "keep_checkpoints", "resume", "report_to")
 
@@ -70,9 +71,9 @@ class OptimConfig:
     compile: bool = setting(False, "Compile the backbone's training forward and backward with torch.compile (dynamic shapes); compiling takes minutes, so it pays off only on long runs.")
     eval_batch_size: int = setting(64, "Rows per forward pass when evaluating.")
     class_weights: str | None = setting(None, "Loss weight per class: `auto` (inverse class frequency, n / (C * count)) or comma-separated numbers in label order; unset weighs every class 1.")
-    calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier; on by default.")
+    calibrate: bool = setting(True, "Fit a temperature on --validation after training and store it in the classifier.")
     seed: int = setting(0, "Seed for the head initialisation, the subset, the batch order and dropout.")
-    dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 where the hardware multiplies bf16 natively: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX; else fp32), `fp32` or `bf16`; trainable weights stay fp32.", ("auto", "fp32", "bf16"))
+    dtype: str = setting("auto", "Autocast dtype for the forward pass: `auto` (bf16 where the hardware multiplies bf16 natively: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX; else fp32), `fp32` or `bf16`; trainable weights stay fp32.", DTYPE_CHOICES)
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _optim_problems(optim: OptimConfig) -> list[str]:
         problems.append(f"{flag('max_grad_norm')} must be positive, got {optim.max_grad_norm}")
     if optim.eval_every is not None and optim.eval_every < 1:
         problems.append(f"{flag('eval_every')} must be at least 1, got {optim.eval_every}")
-    if optim.dtype not in ("auto", "fp32", "bf16"):
+    if optim.dtype not in DTYPE_CHOICES:
         problems.append(f"{flag('dtype')} must be auto, fp32 or bf16, got {optim.dtype!r}")
     try:
         parse_class_weights(optim.class_weights)

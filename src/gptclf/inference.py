@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -27,10 +28,12 @@ def autocast_context(device: torch.device, dtype_name: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype_name])
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
+    """Report whether the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), from /proc/cpuinfo.
 
     Without those instructions bf16 is emulated and slower than fp32, so `auto` keeps fp32.
+    NOTE: only Linux has /proc/cpuinfo; elsewhere `auto` stays fp32 on the CPU.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:

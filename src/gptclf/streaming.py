@@ -133,7 +133,7 @@ def read_chunks(path: str | Path, text_column: str | None = None, chunk_rows: in
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Text column as strings, missing values as None; JSONL may hold numbers there."""
+    """Convert a text column to strings and missing values to None, since JSONL may hold numbers there."""
     return series.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
 
 
@@ -232,8 +232,8 @@ def _jsonl_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 
 def _records_frame(records: list[dict]) -> pd.DataFrame:
-    # Values keep their JSON types, so the output writes an integer id back as an integer.
-    # object dtype keeps each value as parsed: an integer column with a null stays integers.
+    # Object columns keep each value as parsed, so an integer id is written back as an integer
+    # even when another row has null there.
     return pd.DataFrame(records, dtype=object)
 
 

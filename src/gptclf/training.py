@@ -396,7 +396,7 @@ def _evaluate_and_save(
     stop without communicating. Only the main process writes.
     """
     classifier.eval()
-    # A compiled backbone would compile again for inference mode; evaluation runs eagerly instead.
+    # A compiled backbone would compile a second graph for inference mode, so evaluation runs eagerly.
     with torch.compiler.set_stance("force_eager"):
         logits = score_ids(classifier, val_enc.ids, pad_id, config.optim.eval_batch_size, dtype_name)
     classifier.train()
